@@ -17,7 +17,7 @@ import onnx
 from . import ir
 from .cost import model_stats
 from .errors import OnnxoptError, VerificationError
-from .passmanager import PassContext, PassManager, available, resolve
+from .passmanager import Pass, PassContext, PassManager, available, resolve
 from .report import Report
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyResult, load_inputs, make_inputs, verify_models
 
@@ -29,7 +29,7 @@ def default_output(path: str | os.PathLike) -> Path:
     return p.with_name(stem + ".opt.onnx")
 
 
-def apply(model: ir.ModelLike, passes: Sequence[str] | None = None, output: str | os.PathLike | None = None,
+def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, output: str | os.PathLike | None = None,
           *, options: Mapping[str, Mapping[str, Any]] | None = None,
           inputs: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
           input_shapes: Mapping[str, Sequence[int]] | None = None,

@@ -161,8 +161,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     check_writable(path)
     folder = path.resolve().parent
     large = not _byte_size_ok(model) or model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
+    tmpdir = None
     try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
         tmp = tmpdir / path.name
         if large:
             data = path.name + ".data"
@@ -178,7 +179,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     except OSError as e:
         raise OnnxoptError(f"{path}: cannot write: {e.strerror or e}") from None
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 
@@ -213,7 +215,7 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     """The value of a tensor that is an initializer or the output of a Constant node, else None."""
     if isinstance(t, gs.Constant):
         return t.values
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and t.inputs[0].domain in ("", "ai.onnx"):
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and (t.inputs[0].domain or "") in ("", "ai.onnx"):
         attrs = t.inputs[0].attrs
         if "value" in attrs and isinstance(attrs["value"], gs.Constant):
             return attrs["value"].values

@@ -103,14 +103,17 @@ def default_pipeline() -> list[str]:
     return [name for name, cls in available().items() if cls.exact]
 
 
-def resolve(names: list[str] | None) -> list[Pass]:
-    """Instantiate the named passes (in the order given), or the default pipeline."""
+def resolve(names: "list[str | Pass] | None") -> list[Pass]:
+    """Instantiate the named passes (in the order given), or the default pipeline.
+
+    Pass instances are taken as they are (for tests and for callers with their own passes).
+    """
     known = available()
     names = default_pipeline() if names is None else names
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if isinstance(n, str) and n not in known]
     if unknown:
         raise OnnxoptError(f"unknown pass {unknown[0]!r}; available: {', '.join(known) or 'none'}")
-    return [known[n]() for n in names]
+    return [known[n]() if isinstance(n, str) else n for n in names]
 
 
 class PassManager:

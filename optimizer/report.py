@@ -49,10 +49,16 @@ class Report:
     def write_json(self, path: str | os.PathLike) -> None:
         from .ir import check_writable
 
+        from .errors import OnnxoptError
+
         check_writable(path)
         tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, default=str))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.to_json(), indent=2, default=str))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise OnnxoptError(f"{path}: cannot write report: {e.strerror or e}") from None
 
     def summary(self) -> str:
         b, a = self.before, self.after
