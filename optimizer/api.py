@@ -76,9 +76,24 @@ def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, outpu
                 f"(rel {worst.max_rel:.3g}, rtol {rtol:g}){detail}; nothing written")
     if output is not None:
         ir.save_model(result, output)
+    if target is not None:
+        report.latency = measure_latency(original, result, target, feeds, shapes)
     if report_path is not None:
         report.write_json(report_path)
     return result, report
+
+
+def measure_latency(before: onnx.ModelProto, after: onnx.ModelProto, target: Any,
+                    feeds: Mapping[str, np.ndarray] | None = None,
+                    input_shapes: Mapping[str, Sequence[int]] | None = None, runs: int | None = None) -> dict:
+    """Before/after latency on a target (a name, a profile path or a Target), interleaved pair by pair."""
+    from onnxopt.runtime.latency import bench_pair
+    from onnxopt.runtime.targets import Target, load_target
+
+    tgt = target if isinstance(target, Target) else load_target(target)
+    cmp = bench_pair(before, after, tgt, feeds=feeds, input_shapes=input_shapes, runs=runs)
+    return {"target": tgt.name, "describe": tgt.describe(), "before_ms": cmp.a.median_ms, "after_ms": cmp.b.median_ms,
+            "speedup": cmp.speedup, "comparison": cmp.to_json()}
 
 
 def inspect(model: ir.ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -62,12 +63,14 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 @click.option("--passes", help="Comma-separated passes to run, in order. Default: every exact pass.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
 @click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of verification inputs (default: random).")
+@click.option("--target", help="Also measure before/after latency on this target (e.g. mobile-cpu, cpu, cuda, profile.toml).")
 @shape_option
 @rtol_option
-def apply_cmd(model, output, passes, report_path, inputs, input_shapes, rtol):
+def apply_cmd(model, output, passes, report_path, inputs, input_shapes, rtol, target):
     """Optimise MODEL, verify it against the original, write the result."""
     out = output or str(api.default_output(model))
-    _, report = api.apply(model, passes=_parse_list(passes), output=out, inputs=inputs,
+    tgt = _target(target) if target else None
+    _, report = api.apply(model, passes=_parse_list(passes), output=out, inputs=inputs, target=tgt,
                           input_shapes=_parse_shapes(input_shapes), rtol=rtol, report_path=report_path)
     click.echo(f"onnxopt apply: {model} -> {out}")
     click.echo(report.summary())
@@ -125,6 +128,109 @@ def verify_cmd(a, b, inputs, input_shapes, rtol):
     click.echo(f"{'match' if result.ok else 'MISMATCH'} (rtol {rtol:g})")
     if not result.ok:
         sys.exit(1)
+
+
+def _target(name):
+    from onnxopt.runtime.targets import load_target
+
+    return load_target(name)
+
+
+def _progress(label: str, enabled: bool):
+    """A progress callback drawing a bar on stderr for long runs (None when not wanted)."""
+    if not enabled:
+        return None, lambda: None
+    bar = click.progressbar(length=1, label=label, file=sys.stderr)
+    bar.__enter__()
+
+    def update(i, n):
+        bar.length = n
+        bar.update(i - bar.pos)
+
+    return update, lambda: bar.__exit__(None, None, None)
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--vs", "other", type=click.Path(dir_okay=False), help="Compare with OTHER, interleaved pair by pair.")
+@click.option("--target", default="mobile-cpu", show_default=True, help="Target name or profile file.")
+@click.option("--runs", type=click.IntRange(min=1), help="Measured runs (default: the target's).")
+@click.option("--warmup", type=click.IntRange(min=0), help="Warm-up runs (default: the target's).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the statistics as JSON here.")
+@shape_option
+def bench_cmd(model, other, target, runs, warmup, json_path, input_shapes):
+    """Measure MODEL's latency on a target (median, p90, min, max); with --vs, the ratio per pair."""
+    from onnxopt import ir
+    from onnxopt.runtime.latency import bench, bench_pair, environment
+
+    tgt = _target(target)
+    shapes = _parse_shapes(input_shapes)
+    a = ir.load_model(model)
+    b = ir.load_model(other) if other else None
+    if json_path:
+        ir.check_writable(json_path)
+    click.echo(f"target {tgt.describe()}" + "".join(f" [{n}]" for n in tgt.notes))
+    env = environment()
+    click.echo(f"cpu {env['cpu']}, onnxruntime {env['onnxruntime']}")
+    n = runs or tgt.runs
+    update, done = _progress("measuring", sys.stderr.isatty() and n >= 20)
+    try:
+        if b is None:
+            stats = bench(a, tgt, input_shapes=shapes, runs=runs, warmup=warmup, progress=update)
+            result = {"model": model, "target": tgt.name, "environment": env, "latency": stats.to_json()}
+        else:
+            cmp = bench_pair(a, b, tgt, input_shapes=shapes, runs=runs, warmup=warmup, progress=update)
+            result = {"model": model, "vs": other, "target": tgt.name, "environment": env, **cmp.to_json()}
+    finally:
+        done()
+    rows = [(model, stats)] if b is None else [(model, cmp.a), (other, cmp.b)]
+    click.echo(f"{'model':40}{'median ms':>11}{'p90 ms':>10}{'min ms':>10}{'max ms':>10}{'runs':>6}")
+    for name, st in rows:
+        click.echo(f"{str(name)[-40:]:40}{st.median_ms:>11.3f}{st.p90_ms:>10.3f}{st.min_ms:>10.3f}{st.max_ms:>10.3f}"
+                   f"{st.runs:>6}")
+    if b is not None:
+        click.echo(f"ratio {other} / {model}: {cmp.ratio:.3f} (p10 {cmp.ratio_p10:.3f}, p90 {cmp.ratio_p90:.3f}), "
+                   f"speed-up {cmp.speedup:.2f}x")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+@cli.command("profile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--vs", "other", type=click.Path(dir_okay=False), help="Profile OTHER too and show both side by side.")
+@click.option("--target", default="mobile-cpu", show_default=True, help="Target name or profile file.")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write an HTML report with plots here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write per-node times as JSON here.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Slowest nodes to list.")
+@shape_option
+def profile_cmd(model, other, target, runs, html_path, json_path, top, input_shapes):
+    """Per-node and per-op-type time from onnxruntime's profiler (before/after with --vs)."""
+    from onnxopt import ir
+    from onnxopt.runtime.latency import environment
+    from onnxopt.runtime.profiling import op_table, profile_model, render_html
+
+    tgt = _target(target)
+    shapes = _parse_shapes(input_shapes)
+    for p in (html_path, json_path):
+        if p:
+            ir.check_writable(p)
+    before = profile_model(ir.load_model(model), tgt, input_shapes=shapes, runs=runs)
+    after = profile_model(ir.load_model(other), tgt, input_shapes=shapes, runs=runs) if other else None
+    click.echo(f"target {tgt.describe()}, {runs} runs, per-node medians")
+    click.echo(op_table(before, after))
+    click.echo(f"slowest nodes{' (before)' if after else ''}:")
+    for n in before.nodes[:top]:
+        click.echo(f"  {n.median_us:>10.1f} us  {n.op:16} {n.name}")
+    if html_path:
+        header = {"model": model, "vs": other or "-", "target": tgt.describe(), **environment()}
+        with open(html_path, "w") as f:
+            f.write(render_html(before, after, title=f"onnxopt profile: {os.path.basename(model)}", header=header))
+        click.echo(f"html: {html_path}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"before": before.to_json(), "after": after.to_json() if after else None}, f, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:

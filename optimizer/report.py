@@ -69,7 +69,7 @@ class Report:
         if self.latency:
             lat = self.latency
             lines.append(f"  {'latency (ms)':16}{lat['before_ms']:>12.3f}{lat['after_ms']:>12.3f}"
-                         f"{_change(lat['before_ms'], lat['after_ms']):>10}   [{lat['target']}, median of pairs]")
+                         f"{lat['speedup']:>9.2f}x   [{lat['describe']}; speed-up = median of paired ratios]")
         lines.append("passes:")
         for p in self.passes:
             text = f"skipped: {p.skipped}" if p.skipped else (p.summary or ("changed" if p.changed else "no change"))

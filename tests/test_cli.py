@@ -91,3 +91,16 @@ def test_verify_exit_codes(capsys, tiny_path, tmp_path):
 def test_console_script_is_installed(tiny_path):
     r = subprocess.run([sys.executable, "-m", "onnxopt.cli", "inspect", str(tiny_path)], capture_output=True, text=True)
     assert r.returncode == 0 and "Conv 1" in r.stdout
+
+
+def test_bench_and_profile_commands(capsys, tiny_path, tmp_path):
+    code, out, err = run(capsys, "bench", tiny_path, "--vs", tiny_path, "--runs", 3, "--json", tmp_path / "b.json")
+    assert code == 0, err
+    assert "ratio" in out and json.loads((tmp_path / "b.json").read_text())["a"]["runs"] == 3
+    code, out, err = run(capsys, "profile", tiny_path, "--runs", 2, "--html", tmp_path / "p.html")
+    assert code == 0, err
+    assert "op type" in out and (tmp_path / "p.html").read_text().startswith("<!doctype html>")
+    code, out, err = run(capsys, "apply", tiny_path, "--target", "mobile-cpu")
+    assert code == 0 and "latency (ms)" in out
+    code, _, err = run(capsys, "bench", tiny_path, "--target", "nowhere")
+    assert code == 2 and "unknown target" in err
