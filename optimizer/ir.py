@@ -52,9 +52,10 @@ def load_model(src: ModelLike) -> onnx.ModelProto:
     return model
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed, truncated)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_model(model: onnx.ModelProto, name: str) -> None:
@@ -64,6 +65,11 @@ def _check_model(model: onnx.ModelProto, name: str) -> None:
         raise OnnxoptError(f"{name}: model declares no opset")
     if len(model.graph.output) == 0:
         raise OnnxoptError(f"{name}: graph has no outputs")
+    if _byte_size_ok(model) and model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:  # noqa: BLE001 - ValidationError and friends
+            raise OnnxoptError(f"{name}: invalid model: {_first_line(e)}") from None
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:

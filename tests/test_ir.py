@@ -113,3 +113,16 @@ def test_replace_tensor_rewires_consumers_and_outputs():
     ir.replace_tensor(t, g.inputs[0], g)
     assert relu.inputs[0] is g.inputs[0]
     assert [n.op for n in ir.nodes_of(g, "Relu")] == ["Relu"]
+
+
+@pytest.mark.parametrize("nodes,needle", [
+    ([helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Relu", ["a"], ["y"])], "topologically sorted"),
+    ([helper.make_node("Relu", ["nowhere"], ["y"])], "topologically sorted"),
+    ([helper.make_node("NotAnOp", ["x"], ["y"])], "No Op registered"),
+])
+def test_invalid_graphs_are_refused_in_one_line(nodes, needle):
+    m = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    with pytest.raises(OnnxoptError, match=needle) as info:
+        ir.load_model(m)
+    assert "\n" not in str(info.value)
