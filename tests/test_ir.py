@@ -116,9 +116,11 @@ def test_replace_tensor_rewires_consumers_and_outputs():
 
 
 @pytest.mark.parametrize("nodes,needle", [
-    ([helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Relu", ["a"], ["y"])], "topologically sorted"),
-    ([helper.make_node("Relu", ["nowhere"], ["y"])], "topologically sorted"),
-    ([helper.make_node("NotAnOp", ["x"], ["y"])], "No Op registered"),
+    ([helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+      helper.make_node("Relu", ["b"], ["y"])], "cycle"),
+    ([helper.make_node("Relu", ["nowhere"], ["y"])], "reads 'nowhere', which nothing produces"),
+    ([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["x"], ["y"])], "produced by two nodes"),
+    ([helper.make_node("Relu", ["x"], ["z"])], "graph output 'y' is never produced"),
 ])
 def test_invalid_graphs_are_refused_in_one_line(nodes, needle):
     m = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
