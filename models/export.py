@@ -13,7 +13,8 @@ from input to attribute) and leaves the model at opset 18; this module therefore
 below 18 for dynamo rather than return a different opset than asked. Dynamo writes IR version 10,
 also folds BatchNorm into Conv, exports adaptive average pooling as ReduceMean, ``flatten`` as
 Reshape and ``chunk`` as Split, and keeps every initializer inside the in-memory ``model_proto`` (only
-``ONNXProgram.save`` may move them to a side file); a proto with external tensors is refused here. Both
+``ONNXProgram.save`` may move them to a side file); a proto with external tensors is refused here. With
+``dynamic_hw`` dynamo names the spatial axes itself (e.g. ``s53``, ``s0``) rather than height/width. Both
 results get their IR version lowered to what the installed onnxruntime reads
 (:func:`onnxopt.ir.fit_ir_version`).
 """

@@ -257,6 +257,7 @@ def test_zero_mobilenet_expansion(include_depthwise):
     (lambda: resnet20(), 2, 4),  # three blocks' conv2 and one shortcut
     (lambda: resnet18(width=16), 3, 3),
     (lambda: resnet50(width=16), 1, 4),  # three blocks' conv3 and one downsample
+    (lambda: shiftnet(width=18), 2, 4),
 ])
 def test_zero_residual_stage_is_coupled_and_kills_the_stream(builder, stage, producers):
     model = builder()
@@ -320,9 +321,10 @@ def test_export_other_nets_match_torch(name, exporter, opset):
     assert_close(run_ort(export_onnx(model, x, exporter=exporter, opset=opset), x), forward(model, x))
 
 
-def test_export_dynamic_hw_runs_other_sizes():
+@pytest.mark.parametrize("exporter, opset", [("torchscript", 17), ("dynamo", 18)])
+def test_export_dynamic_hw_runs_other_sizes(exporter, opset):
     model, x = build("resnet20")
-    proto = export_onnx(model, x, dynamic_batch=True, dynamic_hw=True)
+    proto = export_onnx(model, x, exporter=exporter, opset=opset, dynamic_batch=True, dynamic_hw=True)
     x48 = torch.randn(3, 3, 48, 40)
     assert_close(run_ort(proto, x48), forward(model, x48))
 
