@@ -1,60 +1,20 @@
 #include "address_conv.h"
 
 #include <algorithm>
-#include <cstring>
 
 namespace onnxopt {
 namespace {
 
-// floor(a / b) and ceil(a / b) for b > 0 and any sign of a.
-std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return -floor_div(-a, b); }
+// The packed input block of one work item stays within this many bytes (half of a 1 MiB L2):
+// its panels are re-read once per row block of the weights.
+constexpr std::int64_t kPackedBudget = 512 * 1024;
+// Below this many work items the output channels are split too, so that a second thread has
+// work (each split re-packs its block: cheap next to the GEMM while a split keeps >= 64 rows).
+constexpr std::int64_t kMinItems = 2;
+constexpr std::int64_t kMinRowsPerSplit = 64;
 
-// Writes the `count` input values that output positions [p, p + count) of one image read for
-// one input channel: row i = p / Wo, column j = p % Wo reads plane[(i*sh + dy) * W + j*sw + dx],
-// zero where that falls outside the plane.
-void gather_line(const AddressConvShape& s, const float* plane, const Address& a, std::int64_t p,
-                 std::int64_t count, float* out) {
-  const std::int64_t wo = s.out_width();
-  // Output columns whose input column lies inside [0, W).
-  const std::int64_t j_lo = std::max<std::int64_t>(0, ceil_div(-a.dx, s.stride_w));
-  const std::int64_t j_hi = std::min<std::int64_t>(wo, floor_div(s.width - 1 - a.dx, s.stride_w) + 1);
-  const std::int64_t end = p + count;
-  while (p < end) {
-    const std::int64_t i = p / wo;
-    const std::int64_t j0 = p - i * wo;
-    const std::int64_t j1 = std::min(wo, j0 + (end - p));
-    const std::int64_t n = j1 - j0;
-    const std::int64_t y = i * s.stride_h + a.dy;
-    if (y < 0 || y >= s.height || j_lo >= j_hi) {
-      std::fill(out, out + n, 0.0f);
-    } else {
-      const float* row = plane + y * s.width + a.dx;
-      const std::int64_t lo = std::clamp(j_lo, j0, j1);
-      const std::int64_t hi = std::clamp(j_hi, lo, j1);
-      std::fill(out, out + (lo - j0), 0.0f);
-      if (s.stride_w == 1) {
-        std::memcpy(out + (lo - j0), row + lo, sizeof(float) * static_cast<std::size_t>(hi - lo));
-      } else {
-        const std::int64_t sw = s.stride_w;
-        float* o = out - j0;
-        for (std::int64_t j = lo; j < hi; ++j) o[j] = row[j * sw];
-      }
-      std::fill(out + (hi - j0), out + n, 0.0f);
-    }
-    out += n;
-    p += n;
-  }
-}
-
-// Output positions per work item: the packed panel (K x cols floats) stays within ~192 KiB,
-// between one and eight micro-kernel panels wide.
-std::int64_t block_columns(std::int64_t k, std::int64_t positions, const GemmIsa& isa) {
-  const std::int64_t budget = (192 * 1024) / (static_cast<std::int64_t>(sizeof(float)) * k * isa.nr);
-  const std::int64_t panels = std::clamp<std::int64_t>(budget, 1, 8);
-  const std::int64_t needed = (positions + isa.nr - 1) / isa.nr;
-  return std::min(panels, needed) * isa.nr;
-}
+std::int64_t round_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b * b; }
+std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
@@ -73,10 +33,11 @@ PackedWeights::PackedWeights(const float* w, std::int64_t out_channels, std::int
   }
 }
 
-std::string validate_addresses(const std::vector<Address>& address, std::int64_t src_channels) {
-  for (std::size_t k = 0; k < address.size(); ++k) {
-    if (address[k].src < 0 || address[k].src >= src_channels) {
-      return "address[" + std::to_string(k) + ", 0] = " + std::to_string(address[k].src) +
+std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels) {
+  for (std::int64_t k = 0; k < rows; ++k) {
+    const std::int64_t src = address[3 * k];
+    if (src < 0 || src >= src_channels) {
+      return "address[" + std::to_string(k) + ", 0] = " + std::to_string(src) +
              " is not a channel of X (X has " + std::to_string(src_channels) + " channels)";
     }
   }
@@ -84,43 +45,53 @@ std::string validate_addresses(const std::vector<Address>& address, std::int64_t
 }
 
 void address_conv(const AddressConvShape& s, const float* x, const PackedWeights& weights,
-                  const float* bias, const std::vector<Address>& address, float* y,
+                  const float* bias, const std::int32_t* address, float* y,
                   const GemmIsa& isa, const ParallelFor& parallel_for) {
   const std::int64_t positions = s.out_height() * s.out_width();
   const std::int64_t k = s.in_channels / s.group;
   const std::int64_t m_per_group = s.out_channels / s.group;
-  const std::int64_t cols = block_columns(k, positions, isa);
-  const std::int64_t blocks = (positions + cols - 1) / cols;
-  const std::int64_t plane = s.height * s.width;
-  const std::size_t items = static_cast<std::size_t>(s.batch * s.group * blocks);
-  if (items == 0 || m_per_group == 0) return;
+  if (s.batch == 0 || positions == 0 || m_per_group == 0) return;
 
+  // Output positions per block: as many as the packed budget allows, blocks of equal size.
+  const std::int64_t max_cols =
+      std::max<std::int64_t>(isa.nr, kPackedBudget / (static_cast<std::int64_t>(sizeof(float)) * std::max<std::int64_t>(k, 1)) / isa.nr * isa.nr);
+  std::int64_t blocks = div_up(positions, max_cols);
+  const std::int64_t cols = round_up(div_up(positions, blocks), isa.nr);
+  blocks = div_up(positions, cols);
+  // Output-channel splits when there are too few blocks to keep the threads busy.
+  std::int64_t splits = 1;
+  const std::int64_t base_items = s.batch * s.group * blocks;
+  while (base_items * splits < kMinItems && m_per_group / (splits * 2) >= kMinRowsPerSplit) splits *= 2;
+  const std::int64_t split_rows = round_up(div_up(m_per_group, splits), isa.mr);
+  splits = div_up(m_per_group, split_rows);
+
+  const std::int64_t plane = s.height * s.width;
+  const std::size_t items = static_cast<std::size_t>(base_items * splits);
   parallel_for(items, [&](std::size_t item) {
-    const std::int64_t b = static_cast<std::int64_t>(item) % blocks;
-    const std::int64_t g = (static_cast<std::int64_t>(item) / blocks) % s.group;
-    const std::int64_t n = static_cast<std::int64_t>(item) / (blocks * s.group);
+    std::int64_t rest = static_cast<std::int64_t>(item);
+    const std::int64_t split = rest % splits;
+    rest /= splits;
+    const std::int64_t b = rest % blocks;
+    rest /= blocks;
+    const std::int64_t g = rest % s.group;
+    const std::int64_t n = rest / s.group;
     const std::int64_t p0 = b * cols;
     const std::int64_t nc = std::min(cols, positions - p0);
-    const std::int64_t panels = (nc + isa.nr - 1) / isa.nr;
+    const std::int64_t panels = div_up(nc, isa.nr);
 
     thread_local std::vector<float> packed;
-    thread_local std::vector<float> line;
+    thread_local std::vector<PackRun> runs;
     packed.resize(static_cast<std::size_t>(panels * k * isa.nr));
-    line.resize(static_cast<std::size_t>(panels * isa.nr));
-    std::fill(line.begin() + nc, line.end(), 0.0f);  // zero columns past the end stay zero
-
-    const float* image = x + n * s.src_channels * plane;
-    for (std::int64_t kk = 0; kk < k; ++kk) {
-      const Address& a = address[static_cast<std::size_t>(g * k + kk)];
-      gather_line(s, image + a.src * plane, a, p0, nc, line.data());
-      for (std::int64_t q = 0; q < panels; ++q)
-        std::memcpy(packed.data() + (q * k + kk) * isa.nr, line.data() + q * isa.nr, sizeof(float) * isa.nr);
-    }
+    runs.resize(static_cast<std::size_t>(pack_runs_capacity(nc, isa.nr)));
+    PackJob job{x + n * s.src_channels * plane, address + 3 * g * k, k, s.height, s.width, s.out_width(),
+                s.stride_h, s.stride_w, p0, nc, isa.nr, packed.data(), runs.data()};
+    isa.pack(job);
 
     float* out = y + (n * s.out_channels) * positions + p0;
-    for (std::int64_t m = 0; m < m_per_group; m += isa.mr) {
+    const std::int64_t m_end = std::min(m_per_group, (split + 1) * split_rows);
+    for (std::int64_t m = split * split_rows; m < m_end; m += isa.mr) {
       const std::int64_t row = g * m_per_group + m;
-      const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_per_group - m));
+      const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
       const float* a = weights.block(row);
       for (std::int64_t q = 0; q < panels; ++q) {
         const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));

@@ -16,12 +16,6 @@
 
 namespace onnxopt {
 
-struct Address {
-  std::int64_t src;
-  std::int64_t dy;
-  std::int64_t dx;
-};
-
 struct AddressConvShape {
   std::int64_t batch = 0, src_channels = 0, height = 0, width = 0;
   std::int64_t out_channels = 0, in_channels = 0, group = 1;
@@ -48,11 +42,15 @@ class PackedWeights {
 // Runs `fn(i)` for i in [0, total), possibly concurrently.
 using ParallelFor = std::function<void(std::size_t total, const std::function<void(std::size_t)>& fn)>;
 
-// Empty string when valid, else what is wrong (for the error the op returns).
-std::string validate_addresses(const std::vector<Address>& address, std::int64_t src_channels);
+// Empty string when the [rows, 3] table (src, dy, dx) is valid for X with `src_channels`
+// channels, else what is wrong (for the error the op returns).  Any displacement is valid
+// (reads outside the image are zero).
+std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels);
 
+// y [N, Cout, Ho, Wo] = AddressConv(x [N, Csrc, H, W], weights, bias [Cout] or null,
+// address [Cin, 3]).  The address table must have been validated.
 void address_conv(const AddressConvShape& shape, const float* x, const PackedWeights& weights,
-                  const float* bias, const std::vector<Address>& address, float* y,
+                  const float* bias, const std::int32_t* address, float* y,
                   const GemmIsa& isa, const ParallelFor& parallel_for);
 
 }  // namespace onnxopt

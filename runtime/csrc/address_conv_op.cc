@@ -123,9 +123,7 @@ void AddressConvKernel::Compute(OrtKernelContext* context) {
   }
 
   const std::int32_t* a = addr.GetTensorData<std::int32_t>();
-  std::vector<Address> address(static_cast<std::size_t>(s.in_channels));
-  for (std::size_t k = 0; k < address.size(); ++k) address[k] = {a[3 * k], a[3 * k + 1], a[3 * k + 2]};
-  const std::string bad = validate_addresses(address, s.src_channels);
+  const std::string bad = validate_addresses(a, s.in_channels, s.src_channels);
   if (!bad.empty()) fail(bad);
 
   const std::vector<std::int64_t> yd = {s.batch, s.out_channels, s.out_height(), s.out_width()};
@@ -143,7 +141,7 @@ void AddressConvKernel::Compute(OrtKernelContext* context) {
     ParallelCall call{&fn};
     ctx.ParallelFor(&ParallelCall::run, total, 0, &call);
   };
-  address_conv(s, x.GetTensorData<float>(), *weights, bias, address, out, isa_, parallel_for);
+  address_conv(s, x.GetTensorData<float>(), *weights, bias, a, out, isa_, parallel_for);
 }
 
 OrtStatusPtr AddressConvKernel::ComputeV2(OrtKernelContext* context) {

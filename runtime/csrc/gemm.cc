@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "gemm.h"
+#include "pack.h"
 
 namespace onnxopt {
 namespace {
@@ -26,6 +27,14 @@ void tile_generic(int K, const float* a, int mr, const float* b, int nc, const f
   for (int r = 0; r < mr; ++r) std::memcpy(c + r * ldc, acc[r], sizeof(float) * static_cast<std::size_t>(nc));
 }
 
+void pack_generic(const PackJob& job) {
+  pack_block(job, [](float* dst, const float* src, int n, int lo, int hi) {
+    for (int t = 0; t < lo; ++t) dst[t] = 0.0f;
+    for (int t = lo; t < hi; ++t) dst[t] = src[t];
+    for (int t = hi; t < n; ++t) dst[t] = 0.0f;
+  });
+}
+
 const GemmIsa& choose() {
   // ONNXOPT_GEMM_ISA=avx2|generic forces a lesser kernel (tests and benchmarks); it never
   // selects one the CPU lacks.
@@ -44,7 +53,7 @@ const GemmIsa& choose() {
 }  // namespace
 
 const GemmIsa& gemm_isa_generic() {
-  static const GemmIsa isa{"generic", kMR, kNR, &tile_generic};
+  static const GemmIsa isa{"generic", kMR, kNR, &tile_generic, &pack_generic};
   return isa;
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace onnxopt {
 
@@ -16,11 +17,39 @@ namespace onnxopt {
 using TileFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
                         float* c, std::ptrdiff_t ldc);
 
+// A run of consecutive output positions on one output row, inside one packed panel.
+struct PackRun {
+  std::int32_t panel;   // panel index within the block
+  std::int32_t offset;  // first column within the panel
+  std::int32_t count;
+  std::int32_t last;    // 1 on the panel's last run
+  std::int64_t row;     // output row i
+  std::int64_t col;     // output column j of the first position
+};
+
+// Scratch PackRun entries a block of `cols` output positions needs.
+inline std::int64_t pack_runs_capacity(std::int64_t cols, int nr) { return cols + (cols + nr - 1) / nr; }
+
+// One work item's packing of AddressConv's GEMM input (see pack.h): for the k input channels of
+// one group and output positions [p0, p0 + cols) of one image, packed[panel][kk][nr] =
+// image[address[kk].src] at (i*stride_h + dy, j*stride_w + dx), zero outside the image.
+struct PackJob {
+  const float* image;            // [Csrc, height, width] of one image
+  const std::int32_t* address;   // [k, 3] rows of this group
+  std::int64_t k, height, width, out_width, stride_h, stride_w, p0, cols;
+  int nr;
+  float* packed;                 // ceil(cols / nr) panels of [k][nr]
+  PackRun* runs;                 // scratch, pack_runs_capacity(cols, nr) entries
+};
+
+using PackFn = void (*)(const PackJob& job);
+
 struct GemmIsa {
   const char* name;
   int mr;  // most rows of A in one tile
   int nr;  // columns of one packed B panel
   TileFn tile;
+  PackFn pack;
 };
 
 // The best micro-kernel this CPU runs (AVX-512F, AVX2+FMA, or portable C++), chosen once.

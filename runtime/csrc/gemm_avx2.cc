@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "gemm.h"
+#include "pack.h"
 
 namespace onnxopt {
 namespace {
@@ -74,10 +75,23 @@ void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const 
   kTable[mr - 1][nc > 8 ? 1 : 0](K, a, b, nc, bias, c, ldc);
 }
 
+void pack(const PackJob& job) {
+  pack_block(job, [](float* dst, const float* src, int n, int lo, int hi) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int t = 0; t < n; t += 8) {
+      const __m256i idx = _mm256_add_epi32(lanes, _mm256_set1_epi32(t));
+      const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo - 1)),
+                                          _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
+      const __m256 v = _mm256_maskload_ps(src + t, in);
+      _mm256_maskstore_ps(dst + t, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx), v);
+    }
+  });
+}
+
 }  // namespace
 
 const GemmIsa& gemm_isa_avx2() {
-  static const GemmIsa isa{"avx2", kMR, kNR, &tile_dispatch};
+  static const GemmIsa isa{"avx2", kMR, kNR, &tile_dispatch, &pack};
   return isa;
 }
 

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "gemm.h"
+#include "pack.h"
 
 namespace onnxopt {
 namespace {
@@ -70,10 +71,25 @@ void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const 
   kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc);
 }
 
+__mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
+  from = from < 0 ? 0 : from > 16 ? 16 : from;
+  to = to < from ? from : to > 16 ? 16 : to;
+  return static_cast<__mmask16>(((1u << to) - 1u) & ~((1u << from) - 1u));
+}
+
+void pack(const PackJob& job) {
+  pack_block(job, [](float* dst, const float* src, int n, int lo, int hi) {
+    for (int t = 0; t < n; t += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(bits(lo - t, hi - t), src + t);
+      _mm512_mask_storeu_ps(dst + t, bits(0, n - t), v);
+    }
+  });
+}
+
 }  // namespace
 
 const GemmIsa& gemm_isa_avx512() {
-  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch};
+  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack};
   return isa;
 }
 
