@@ -52,9 +52,10 @@ def load_model(src: ModelLike) -> onnx.ModelProto:
     return model
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed, truncated)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_model(model: onnx.ModelProto, name: str) -> None:
@@ -64,6 +65,56 @@ def _check_model(model: onnx.ModelProto, name: str) -> None:
         raise OnnxoptError(f"{name}: model declares no opset")
     if len(model.graph.output) == 0:
         raise OnnxoptError(f"{name}: graph has no outputs")
+    _check_structure(model.graph, name)
+
+
+def _check_structure(graph: onnx.GraphProto, name: str) -> None:
+    """Every tensor produced once, every node input defined, no cycle (linear time; main graph only).
+
+    Stricter checks (op schemas, types) are left to onnxruntime, which runs the model anyway; onnx's
+    own checker also rejects models onnxruntime runs happily (an output without a shape field).
+    """
+    produced: dict[str, int] = {}
+    for vi in graph.input:
+        produced[vi.name] = -1
+    for t in graph.initializer:
+        produced[t.name] = -1
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            if not out:
+                continue
+            if out in produced and produced[out] >= 0:
+                raise OnnxoptError(f"{name}: invalid model: tensor {out!r} is produced by two nodes")
+            produced[out] = i
+    indegree = [0] * len(graph.node)
+    users: dict[int, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for inp in node.input:
+            if not inp:
+                continue
+            if inp not in produced:
+                raise OnnxoptError(f"{name}: invalid model: node {node.name or node.op_type!r} reads {inp!r}, "
+                                   "which nothing produces")
+            src = produced[inp]
+            if src >= 0:
+                indegree[i] += 1
+                users.setdefault(src, []).append(i)
+    for out in graph.output:
+        if out.name not in produced:
+            raise OnnxoptError(f"{name}: invalid model: graph output {out.name!r} is never produced")
+    ready = [i for i, d in enumerate(indegree) if d == 0]
+    seen = 0
+    while ready:
+        i = ready.pop()
+        seen += 1
+        for j in users.get(i, ()):
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                ready.append(j)
+    if seen != len(graph.node):
+        stuck = next(graph.node[i] for i, d in enumerate(indegree) if d > 0)
+        raise OnnxoptError(f"{name}: invalid model: the graph has a cycle (through node "
+                           f"{stuck.name or stuck.op_type!r})")
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
@@ -161,8 +212,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     check_writable(path)
     folder = path.resolve().parent
     large = not _byte_size_ok(model) or model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
+    tmpdir = None
     try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
         tmp = tmpdir / path.name
         if large:
             data = path.name + ".data"
@@ -178,7 +230,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     except OSError as e:
         raise OnnxoptError(f"{path}: cannot write: {e.strerror or e}") from None
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 
@@ -213,7 +266,7 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     """The value of a tensor that is an initializer or the output of a Constant node, else None."""
     if isinstance(t, gs.Constant):
         return t.values
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and t.inputs[0].domain in ("", "ai.onnx"):
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and (t.inputs[0].domain or "") in ("", "ai.onnx"):
         attrs = t.inputs[0].attrs
         if "value" in attrs and isinstance(attrs["value"], gs.Constant):
             return attrs["value"].values

@@ -1,0 +1,66 @@
+"""The Python API: apply (passes, verification gate, atomic write, report), inspect, verify."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxopt
+from onnxopt import ir
+from onnxopt.errors import OnnxoptError, VerificationError
+from onnxopt.passmanager import PassResult, default_pipeline
+
+
+class Corrupt:
+    """An 'exact' pass that changes the numbers: verification must catch it."""
+
+    name, exact, order = "test-corrupt", True, 99
+
+    def run(self, graph, ctx):
+        w = graph.tensors()["W"]
+        w.values = w.values * 1.5
+        return PassResult(self.name, changed=True, summary="scaled weights")
+
+
+def test_apply_default_pipeline_writes_and_reports(tmp_path, tiny_path):
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    model, report = onnxopt.apply(tiny_path, output=out, report_path=rep)
+    assert out.exists() and report.verification.ok
+    assert onnx.load(out).ir_version <= ir.runtime_max_ir_version()
+    data = json.loads(rep.read_text())
+    assert data["before"]["macs"] == 8 * 64 * 27 and data["verification"]["ok"]
+    assert [p["name"] for p in data["passes"]] == default_pipeline()
+
+
+def test_failed_verification_writes_nothing(tmp_path, tiny_path):
+    out = tmp_path / "o.onnx"
+    with pytest.raises(VerificationError, match="output 'y' differs"):
+        onnxopt.apply(tiny_path, passes=[Corrupt()], output=out)
+    assert not out.exists()
+
+
+def test_apply_in_memory_without_output(tiny_model):
+    model, report = onnxopt.apply(tiny_model, passes=[])
+    assert isinstance(model, onnx.ModelProto) and report.output is None and "nodes" in report.summary()
+
+
+def test_apply_checks_output_before_working(tmp_path, tiny_path):
+    with pytest.raises(OnnxoptError, match="does not exist"):
+        onnxopt.apply(tiny_path, output=tmp_path / "missing" / "o.onnx")
+
+
+def test_default_output_name(tmp_path):
+    assert onnxopt.default_output(tmp_path / "net.onnx").name == "net.opt.onnx"
+    assert onnxopt.default_output(tmp_path / "net.bin").name == "net.bin.opt.onnx"
+
+
+def test_inspect_reports_dead_filters(tiny_path):
+    info = onnxopt.inspect(tiny_path)
+    assert info["inputs"][0]["shape"] == ["N", 3, 8, 8]
+    assert info["layers"][0]["zero_filters"] == 1 and info["ops"] == {"Conv": 1, "Relu": 1}
+
+
+def test_verify_api_with_npz(tmp_path, tiny_path):
+    np.savez(tmp_path / "in.npz", x=np.ones((3, 3, 8, 8), np.float32))
+    result = onnxopt.verify(tiny_path, tiny_path, inputs=tmp_path / "in.npz")
+    assert result.ok and result.max_abs == 0
