@@ -1,0 +1,105 @@
+#include "address_conv.h"
+
+#include <algorithm>
+
+namespace onnxopt {
+namespace {
+
+// The packed input block of one work item stays within this many bytes (half of a 1 MiB L2):
+// its panels are re-read once per row block of the weights.
+constexpr std::int64_t kPackedBudget = 512 * 1024;
+// Below this many work items the output channels are split too, so that a second thread has
+// work (each split re-packs its block: cheap next to the GEMM while a split keeps >= 64 rows).
+constexpr std::int64_t kMinItems = 2;
+constexpr std::int64_t kMinRowsPerSplit = 64;
+
+std::int64_t round_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b * b; }
+std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+PackedWeights::PackedWeights(const float* w, std::int64_t out_channels, std::int64_t k_per_group,
+                             std::int64_t group, const GemmIsa& isa)
+    : data_(static_cast<std::size_t>(out_channels * k_per_group)), k_(k_per_group) {
+  const std::int64_t per_group = out_channels / group;
+  for (std::int64_t g = 0; g < group; ++g) {
+    for (std::int64_t m = 0; m < per_group; m += isa.mr) {
+      const std::int64_t row = g * per_group + m;
+      const std::int64_t mr = std::min<std::int64_t>(isa.mr, per_group - m);
+      float* dst = data_.data() + row * k_;
+      for (std::int64_t k = 0; k < k_; ++k)
+        for (std::int64_t r = 0; r < mr; ++r) dst[k * mr + r] = w[(row + r) * k_ + k];
+    }
+  }
+}
+
+std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels) {
+  for (std::int64_t k = 0; k < rows; ++k) {
+    const std::int64_t src = address[3 * k];
+    if (src < 0 || src >= src_channels) {
+      return "address[" + std::to_string(k) + ", 0] = " + std::to_string(src) +
+             " is not a channel of X (X has " + std::to_string(src_channels) + " channels)";
+    }
+  }
+  return {};
+}
+
+void address_conv(const AddressConvShape& s, const float* x, const PackedWeights& weights,
+                  const float* bias, const std::int32_t* address, float* y,
+                  const GemmIsa& isa, const ParallelFor& parallel_for) {
+  const std::int64_t positions = s.out_height() * s.out_width();
+  const std::int64_t k = s.in_channels / s.group;
+  const std::int64_t m_per_group = s.out_channels / s.group;
+  if (s.batch == 0 || positions == 0 || m_per_group == 0) return;
+
+  // Output positions per block: as many as the packed budget allows, blocks of equal size.
+  const std::int64_t max_cols =
+      std::max<std::int64_t>(isa.nr, kPackedBudget / (static_cast<std::int64_t>(sizeof(float)) * std::max<std::int64_t>(k, 1)) / isa.nr * isa.nr);
+  std::int64_t blocks = div_up(positions, max_cols);
+  const std::int64_t cols = round_up(div_up(positions, blocks), isa.nr);
+  blocks = div_up(positions, cols);
+  // Output-channel splits when there are too few blocks to keep the threads busy.
+  std::int64_t splits = 1;
+  const std::int64_t base_items = s.batch * s.group * blocks;
+  while (base_items * splits < kMinItems && m_per_group / (splits * 2) >= kMinRowsPerSplit) splits *= 2;
+  const std::int64_t split_rows = round_up(div_up(m_per_group, splits), isa.mr);
+  splits = div_up(m_per_group, split_rows);
+
+  const std::int64_t plane = s.height * s.width;
+  const std::size_t items = static_cast<std::size_t>(base_items * splits);
+  parallel_for(items, [&](std::size_t item) {
+    std::int64_t rest = static_cast<std::int64_t>(item);
+    const std::int64_t split = rest % splits;
+    rest /= splits;
+    const std::int64_t b = rest % blocks;
+    rest /= blocks;
+    const std::int64_t g = rest % s.group;
+    const std::int64_t n = rest / s.group;
+    const std::int64_t p0 = b * cols;
+    const std::int64_t nc = std::min(cols, positions - p0);
+    const std::int64_t panels = div_up(nc, isa.nr);
+
+    thread_local std::vector<float> packed;
+    thread_local std::vector<PackRun> runs;
+    packed.resize(static_cast<std::size_t>(panels * k * isa.nr));
+    runs.resize(static_cast<std::size_t>(pack_runs_capacity(nc, isa.nr)));
+    PackJob job{x + n * s.src_channels * plane, address + 3 * g * k, k, s.height, s.width, s.out_width(),
+                s.stride_h, s.stride_w, p0, nc, isa.nr, packed.data(), runs.data()};
+    isa.pack(job);
+
+    float* out = y + (n * s.out_channels) * positions + p0;
+    const std::int64_t m_end = std::min(m_per_group, (split + 1) * split_rows);
+    for (std::int64_t m = split * split_rows; m < m_end; m += isa.mr) {
+      const std::int64_t row = g * m_per_group + m;
+      const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
+      const float* a = weights.block(row);
+      for (std::int64_t q = 0; q < panels; ++q) {
+        const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
+        isa.tile(static_cast<int>(k), a, mr, packed.data() + q * k * isa.nr, cols_here,
+                 bias ? bias + row : nullptr, out + row * positions + q * isa.nr, positions);
+      }
+    }
+  });
+}
+
+}  // namespace onnxopt

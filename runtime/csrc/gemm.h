@@ -1,0 +1,63 @@
+// Packed single-precision GEMM micro-kernels with runtime ISA dispatch.
+//
+// The custom kernels compute C[m, n] = bias[m] + sum_k A[m, k] * B[k, n] with C row-major
+// (NCHW output: n runs over output positions).  Both operands arrive packed:
+//   A: blocks of `mr` rows, each stored k-major ([K][mr], mr <= Isa::mr);
+//   B: panels of `Isa::nr` columns, each stored k-major ([K][nr]), zero-padded to nr.
+// A tile computes mr x nc (nc <= nr) outputs and writes them with masked stores, so no
+// padding of C is needed and row/column tails cost no wasted FMAs beyond one vector.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace onnxopt {
+
+// Computes one mr x nc tile: c[r * ldc + j] = (bias ? bias[r] : 0) + sum_k a[k * mr + r] * b[k * nr + j].
+using TileFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
+                        float* c, std::ptrdiff_t ldc);
+
+// A run of consecutive output positions on one output row, inside one packed panel.
+struct PackRun {
+  std::int32_t panel;   // panel index within the block
+  std::int32_t offset;  // first column within the panel
+  std::int32_t count;
+  std::int32_t last;    // 1 on the panel's last run
+  std::int64_t row;     // output row i
+  std::int64_t col;     // output column j of the first position
+};
+
+// Scratch PackRun entries a block of `cols` output positions needs.
+inline std::int64_t pack_runs_capacity(std::int64_t cols, int nr) { return cols + (cols + nr - 1) / nr; }
+
+// One work item's packing of AddressConv's GEMM input (see pack.h): for the k input channels of
+// one group and output positions [p0, p0 + cols) of one image, packed[panel][kk][nr] =
+// image[address[kk].src] at (i*stride_h + dy, j*stride_w + dx), zero outside the image.
+struct PackJob {
+  const float* image;            // [Csrc, height, width] of one image
+  const std::int32_t* address;   // [k, 3] rows of this group
+  std::int64_t k, height, width, out_width, stride_h, stride_w, p0, cols;
+  int nr;
+  float* packed;                 // ceil(cols / nr) panels of [k][nr]
+  PackRun* runs;                 // scratch, pack_runs_capacity(cols, nr) entries
+};
+
+using PackFn = void (*)(const PackJob& job);
+
+struct GemmIsa {
+  const char* name;
+  int mr;  // most rows of A in one tile
+  int nr;  // columns of one packed B panel
+  TileFn tile;
+  PackFn pack;
+};
+
+// The best micro-kernel this CPU runs (AVX-512F, AVX2+FMA, or portable C++), chosen once.
+const GemmIsa& gemm_isa();
+
+// Per-ISA entry points (defined in gemm_<isa>.cc, each compiled with its own -m flags).
+const GemmIsa& gemm_isa_avx512();
+const GemmIsa& gemm_isa_avx2();
+const GemmIsa& gemm_isa_generic();
+
+}  // namespace onnxopt

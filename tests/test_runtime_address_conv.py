@@ -1,0 +1,156 @@
+"""AddressConv: the native kernel against the numpy reference and the ONNX-function fallback."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.ir import fit_ir_version
+from onnxopt.runtime import library_path, ops, session
+from onnxopt.runtime.functions import add_functions, address_conv_model
+from onnxopt.runtime.reference import address_conv_ref
+
+LIB = library_path()
+needs_lib = pytest.mark.skipif(LIB is None, reason="native library not built (onnxopt.runtime.library_path() is None)")
+
+
+def random_case(rng, n, csrc, cin, cout, h, w, group, stride, max_d=2, bias=True):
+    address = np.stack([rng.integers(0, csrc, cin), rng.integers(-max_d, max_d + 1, cin),
+                        rng.integers(-max_d, max_d + 1, cin)], axis=1).astype(np.int32)
+    weight = rng.standard_normal((cout, cin // group, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    x = rng.standard_normal((n, csrc, h, w)).astype(np.float32)
+    return x, weight, b, address
+
+
+def run(model, x, **opts):
+    return session(fit_ir_version(model), **opts).run(None, {"X": x})[0]
+
+
+def rel_err(a, ref):
+    return float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+# (N, Csrc, Cin, Cout, H, W, group, stride): odd sizes, Cin != Csrc (duplicated / dropped
+# channels), groups 1/2/4, strides 1/2, positions not a multiple of the kernel's panel width.
+CASES = [
+    (1, 8, 8, 16, 7, 9, 1, 1),
+    (3, 6, 8, 12, 9, 8, 2, 2),
+    (1, 16, 32, 40, 5, 5, 4, 1),
+    (3, 20, 12, 36, 11, 13, 2, 1),
+    (1, 24, 16, 16, 15, 17, 1, 2),
+    (3, 5, 4, 8, 1, 1, 1, 1),
+    (1, 32, 48, 52, 3, 31, 4, 2),
+    (1, 64, 64, 100, 28, 28, 1, 1),
+    (3, 40, 24, 30, 2, 7, 2, 2),
+    (1, 130, 130, 14, 6, 5, 2, 1),
+]
+
+
+@needs_lib
+def test_library_registers_the_names_of_ops_py():
+    info = ctypes.CDLL(str(LIB)).onnxopt_ops_info
+    info.restype = ctypes.c_char_p
+    fields = dict(kv.split("=", 1) for kv in info().decode().split(";"))
+    assert fields["domain"] == ops.DOMAIN
+    assert fields["version"] == str(ops.OP_VERSION)
+    assert fields["ops"].split(",") == list(ops.NATIVE_OPS)
+
+
+@needs_lib
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}_c{}-{}-{}_{}x{}_g{}_s{}".format(*c))
+def test_kernel_matches_reference_and_function(case):
+    n, csrc, cin, cout, h, w, group, stride = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, weight, bias, address = random_case(rng, n, csrc, cin, cout, h, w, group, stride, bias=cin % 3 != 0)
+    model = address_conv_model(x.shape, weight, bias, address, group, (stride, stride))
+    ref = address_conv_ref(x, weight, bias, address, group, (stride, stride))
+    native = run(model, x, threads=1)
+    fallback = run(model, x, threads=1, custom_ops=False)
+    assert native.shape == ref.shape == (n, cout, -(-h // stride), -(-w // stride))
+    assert rel_err(native, ref) < 1e-5
+    assert rel_err(native, fallback) < 1e-5
+
+
+@needs_lib
+def test_dynamic_spatial_size_and_threads():
+    rng = np.random.default_rng(7)
+    x, weight, bias, address = random_case(rng, 3, 48, 64, 96, 21, 19, 2, 1)
+    model = address_conv_model(x.shape, weight, bias, address, 2, (1, 1), dynamic_hw=True)
+    s1 = session(fit_ir_version(model), threads=1)
+    s2 = session(fit_ir_version(model), threads=2)
+    for h, w in [(21, 19), (8, 33), (1, 2)]:
+        xi = rng.standard_normal((3, 48, h, w)).astype(np.float32)
+        y1 = s1.run(None, {"X": xi})[0]
+        y2 = s2.run(None, {"X": xi})[0]
+        assert np.array_equal(y1, y2), "1 and 2 threads must give bit-identical results"
+        assert rel_err(y1, address_conv_ref(xi, weight, bias, address, 2)) < 1e-5
+
+
+@needs_lib
+@pytest.mark.parametrize("address, message", [
+    (np.array([[0, 0, 0], [9, 0, 0]], np.int32), "address[1, 0] = 9 is not a channel of X"),
+    (np.array([[0, 0, 0], [-1, 1, 1]], np.int32), "address[1, 0] = -1 is not a channel of X"),
+    (np.array([[0, 0], [1, 0]], np.int32), "address must have shape [Cin, 3]"),
+])
+def test_bad_address_is_a_clear_error(address, message):
+    weight = np.ones((4, 2, 1, 1), np.float32)
+    node = onnx.helper.make_node(ops.ADDRESS_CONV, ["X", "W", "", "address"], ["Y"], domain=ops.DOMAIN)
+    graph = onnx.helper.make_graph(
+        [node], "bad", [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(weight, "W"), onnx.numpy_helper.from_array(address, "address")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                         onnx.helper.make_opsetid(ops.DOMAIN, 1)])
+    with pytest.raises(Exception, match=r"AddressConv: .*" + message.replace("[", r"\[").replace("]", r"\]")):
+        run(model, np.zeros((1, 3, 4, 4), np.float32), threads=1)
+
+
+@needs_lib
+def test_group_must_divide_cin():
+    model = address_conv_model((1, 3, 4, 4), np.ones((4, 1, 1, 1), np.float32), None, np.zeros((3, 3), np.int32),
+                               group=2, with_functions=False)
+    with pytest.raises(Exception, match=r"Cin = 3 \(rows of address\) is not divisible by group = 2"):
+        run(model, np.zeros((1, 3, 4, 4), np.float32), threads=1)
+
+
+def profiled_op_types(model, tmp_path, **opts):
+    sess = session(fit_ir_version(model), threads=1, profile_prefix=str(tmp_path / "prof"), **opts)
+    sess.run(None, {"X": np.ones((1, 8, 6, 6), np.float32)})
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+
+
+def test_profiler_shows_which_path_ran(tmp_path):
+    rng = np.random.default_rng(3)
+    x, weight, bias, address = random_case(rng, 1, 8, 8, 8, 6, 6, 1, 1)
+    model = address_conv_model(x.shape, weight, bias, address)
+    fallback_ops = profiled_op_types(model, tmp_path, custom_ops=False)
+    assert ops.ADDRESS_CONV not in fallback_ops and {"Gather", "Conv"} <= fallback_ops
+    if LIB is None:
+        pytest.skip("native library not built: only the fallback path checked")
+    assert profiled_op_types(model, tmp_path) == {ops.ADDRESS_CONV}
+
+
+def test_fallback_matches_reference_without_library():
+    rng = np.random.default_rng(11)
+    x, weight, bias, address = random_case(rng, 2, 6, 10, 4, 7, 6, 2, 2)
+    model = address_conv_model(x.shape, weight, None, address, 2, (2, 2))
+    y = run(model, x, threads=1, custom_ops=False)
+    assert rel_err(y, address_conv_ref(x, weight, None, address, 2, (2, 2))) < 1e-5
+
+
+def test_add_functions_embeds_one_function_and_the_opset():
+    model = address_conv_model((1, 4, 5, 5), np.ones((4, 4, 1, 1)), None, np.zeros((4, 3), np.int32),
+                               with_functions=False)
+    del model.opset_import[1]
+    add_functions(model)
+    add_functions(model)
+    assert [(f.domain, f.name) for f in model.functions] == [(ops.DOMAIN, ops.ADDRESS_CONV)]
+    assert [(o.domain, o.version) for o in model.opset_import if o.domain == ops.DOMAIN] == [(ops.DOMAIN, 1)]
+    onnx.checker.check_model(model)
