@@ -66,6 +66,42 @@ def _check_model(model: onnx.ModelProto, name: str) -> None:
     if len(model.graph.output) == 0:
         raise OnnxoptError(f"{name}: graph has no outputs")
     _check_structure(model.graph, name)
+    for t in model.graph.initializer:
+        _check_tensor_data(t, name)
+
+
+_FIELD_OF = {
+    onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data", onnx.TensorProto.INT64: "int64_data",
+    onnx.TensorProto.UINT64: "uint64_data", onnx.TensorProto.STRING: "string_data",
+}
+
+
+def _check_tensor_data(t: onnx.TensorProto, name: str) -> None:
+    """An initializer's data must hold as many elements as its dims declare (before anything reads it)."""
+    if any(d < 0 for d in t.dims):
+        raise OnnxoptError(f"{name}: invalid model: initializer {t.name!r} has a negative dimension {list(t.dims)}")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return  # checked against the file in _load_external_data
+    count = 1
+    for d in t.dims:
+        count *= d
+    if t.HasField("raw_data"):
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+        if itemsize and t.data_type not in (onnx.TensorProto.STRING,) and len(t.raw_data) != count * itemsize \
+                and t.data_type not in _SUBBYTE:
+            raise OnnxoptError(f"{name}: invalid model: initializer {t.name!r} declares {list(t.dims)} "
+                               f"({count} elements) but holds {len(t.raw_data)} bytes")
+        return
+    field_name = _FIELD_OF.get(t.data_type, "int32_data")
+    held = len(getattr(t, field_name))
+    if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+        held //= 2
+    if held != count and t.data_type not in _SUBBYTE and t.data_type != onnx.TensorProto.UNDEFINED:
+        raise OnnxoptError(f"{name}: invalid model: initializer {t.name!r} declares {list(t.dims)} "
+                           f"({count} elements) but holds {held}")
+
+
+_SUBBYTE = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
 
 
 def _check_structure(graph: onnx.GraphProto, name: str) -> None:
@@ -170,21 +206,72 @@ def fit_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+#: Initializers larger than this are left out of the copy that shape inference works on.
+_LIGHT_LIMIT = 1 << 16
+
+
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without the data of its large initializers (they become typed graph inputs).
+
+    Shape inference needs their types and shapes, not their values; this keeps it fast on big
+    models and possible on models past protobuf's 2 GB limit.
+    """
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    src, g = model.graph, m.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    declared = {vi.name for vi in src.input}
+    for t in src.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() <= _LIGHT_LIMIT:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return m
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference with data propagation; on failure the model is returned unchanged."""
+    """onnx shape inference (with data propagation) on :func:`light_copy` of the model.
+
+    Returns the light copy with ``value_info`` filled in (not the full model); on failure the
+    light copy is returned as it was.
+    """
+    light = light_copy(model)
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # noqa: BLE001 - inference is best effort
         log.debug("shape inference failed: %s", e)
-        return model
+        return light
+
+
+def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    g = model.graph
+    return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output] if vi.type.HasField("tensor_type")}
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import a model into onnx-graphsurgeon, with shapes inferred."""
+    """Import a model into onnx-graphsurgeon, with inferred dtypes and shapes on its variables."""
     try:
-        return gs.import_onnx(infer_shapes(model))
+        graph = gs.import_onnx(model)
     except Exception as e:  # noqa: BLE001 - malformed graphs fail in many ways inside the importer
         raise OnnxoptError(f"cannot import graph: {_first_line(e)}") from None
+    known = _value_infos(infer_shapes(model))
+    for name, t in graph.tensors().items():
+        vi = known.get(name)
+        if vi is None or not isinstance(t, gs.Variable):
+            continue
+        tt = vi.type.tensor_type
+        if t.dtype is None and tt.elem_type:
+            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if t.shape is None and tt.HasField("shape"):
+            t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return graph
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
@@ -218,7 +305,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
         tmp = tmpdir / path.name
         if large:
             data = path.name + ".data"
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # saving with external data rewrites the tensors it moves out
+            onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data, size_threshold=1024)
             _fsync(tmpdir / data)
             os.replace(tmpdir / data, folder / data)

@@ -8,6 +8,7 @@ ONNX functions embedded in the model.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -63,9 +64,32 @@ def session(model: Union[onnx.ModelProto, bytes, str, os.PathLike], providers: S
     """An onnxruntime InferenceSession for ``model`` (proto, serialized bytes or path)."""
     import onnxruntime as ort
 
+    tmp = None
     if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
+        if _serializable(model):
+            model = model.SerializeToString()
+        else:  # past protobuf's 2 GB: onnxruntime reads it from a file with external data
+            tmp = tempfile.TemporaryDirectory(prefix="onnxopt-session-")
+            path = os.path.join(tmp.name, "model.onnx")
+            big = onnx.ModelProto()
+            big.CopyFrom(model)
+            onnx.save_model(big, path, save_as_external_data=True, location="model.onnx.data")
+            model = path
     elif isinstance(model, os.PathLike):
         model = str(model)
-    return ort.InferenceSession(model, sess_options=session_options(**options),
+    sess = ort.InferenceSession(model, sess_options=session_options(**options),
                                 providers=list(providers or ["CPUExecutionProvider"]))
+    if tmp is not None:
+        sess._onnxopt_tmp = tmp  # the external data lives as long as the session
+    return sess
+
+
+#: protobuf refuses to serialize messages of 2 GB or more.
+_PROTOBUF_LIMIT = (1 << 31) - 1
+
+
+def _serializable(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() < _PROTOBUF_LIMIT
+    except Exception:  # noqa: BLE001 - some protobuf builds raise on oversized messages
+        return False

@@ -128,3 +128,17 @@ def test_invalid_graphs_are_refused_in_one_line(nodes, needle):
     with pytest.raises(OnnxoptError, match=needle) as info:
         ir.load_model(m)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dims,needle", [([1 << 30, 1 << 10], "declares"), ([4, -1], "negative dimension")])
+def test_initializer_data_must_match_its_dims(tiny_model, dims, needle):
+    w = tiny_model.graph.initializer[0]
+    del w.dims[:]
+    w.dims.extend(dims)
+    with pytest.raises(OnnxoptError, match=needle):
+        ir.load_model(tiny_model)
+
+
+def test_zero_size_initializer_is_fine(tiny_model):
+    tiny_model.graph.initializer.append(numpy_helper.from_array(np.zeros((0, 3), np.float32), "empty"))
+    assert ir.load_model(tiny_model) is tiny_model
