@@ -165,7 +165,10 @@ def model_stats(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | None
         rule = MAC_RULES.get((n.domain if n.domain != "ai.onnx" else "", n.op_type))
         if rule is None:
             continue
-        macs = rule(n, shapes, values)
+        try:
+            macs = rule(n, shapes, values)
+        except (IndexError, KeyError, TypeError, ValueError):  # a malformed node: its cost is unknown
+            macs = None
         if macs is None:
             unknown += 1
         else:

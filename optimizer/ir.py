@@ -80,6 +80,8 @@ def _check_tensor_data(t: onnx.TensorProto, name: str) -> None:
     """An initializer's data must hold as many elements as its dims declare (before anything reads it)."""
     if any(d < 0 for d in t.dims):
         raise OnnxoptError(f"{name}: invalid model: initializer {t.name!r} has a negative dimension {list(t.dims)}")
+    if t.data_type == onnx.TensorProto.UNDEFINED or t.data_type not in set(onnx.helper.get_all_tensor_dtypes()):
+        raise OnnxoptError(f"{name}: invalid model: initializer {t.name!r} has no valid element type ({t.data_type})")
     if t.data_location == onnx.TensorProto.EXTERNAL:
         return  # checked against the file in _load_external_data
     count = 1
@@ -104,12 +106,28 @@ def _check_tensor_data(t: onnx.TensorProto, name: str) -> None:
 _SUBBYTE = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
 
 
+def _check_text(graph: onnx.GraphProto, name: str) -> None:
+    """Names must be text: onnx.proto is proto2, whose string fields come back as bytes when not UTF-8."""
+    def bad(value) -> bool:
+        return isinstance(value, bytes)
+
+    for vi in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        if bad(vi.name):
+            raise OnnxoptError(f"{name}: invalid model: a tensor name is not valid UTF-8 ({vi.name[:40]!r})")
+    for node in graph.node:
+        for value in (node.name, node.op_type, node.domain, *node.input, *node.output,
+                      *(a.name for a in node.attribute)):
+            if bad(value):
+                raise OnnxoptError(f"{name}: invalid model: a node field is not valid UTF-8 ({value[:40]!r})")
+
+
 def _check_structure(graph: onnx.GraphProto, name: str) -> None:
     """Every tensor produced once, every node input defined, no cycle (linear time; main graph only).
 
     Stricter checks (op schemas, types) are left to onnxruntime, which runs the model anyway; onnx's
     own checker also rejects models onnxruntime runs happily (an output without a shape field).
     """
+    _check_text(graph, name)
     produced: dict[str, int] = {}
     for vi in graph.input:
         produced[vi.name] = -1

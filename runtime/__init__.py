@@ -44,7 +44,7 @@ def session_options(threads: int | None = None, opt_level: str = "all", custom_o
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opt_level]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures reach the caller as exceptions; no log lines on stderr
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -77,6 +77,7 @@ def session(model: Union[onnx.ModelProto, bytes, str, os.PathLike], providers: S
             model = path
     elif isinstance(model, os.PathLike):
         model = str(model)
+    ort.set_default_logger_severity(4)
     sess = ort.InferenceSession(model, sess_options=session_options(**options),
                                 providers=list(providers or ["CPUExecutionProvider"]))
     if tmp is not None:

@@ -37,3 +37,30 @@ def tiny_path(tmp_path, tiny_model):
     p = tmp_path / "tiny.onnx"
     onnx.save(tiny_model, p)
     return p
+
+
+def small_cnn_model(seed=0):
+    """Conv-BN-Relu -> Conv (+ residual Add) -> GlobalAveragePool -> Flatten -> Gemm: every pass has work."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape, positive=False):
+        a = rng.standard_normal(shape).astype(np.float32)
+        return numpy_helper.from_array(np.abs(a) + 0.5 if positive else a, name)
+
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w1[[1, 5]] = 0
+    inits = [numpy_helper.from_array(w1, "w1"), init("b1", 8), init("g", 8, positive=True), init("beta", 8),
+             init("mean", 8), init("var", 8, positive=True), init("w2", 8, 8, 1, 1), init("b2", 8),
+             init("fc_w", 10, 8), init("fc_b", 10)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "g", "beta", "mean", "var"], ["bn"], name="bn1"),
+        helper.make_node("Relu", ["bn"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["c2", "r1"], ["s"], name="add"),
+        helper.make_node("GlobalAveragePool", ["s"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1, name="fc"),
+    ]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
