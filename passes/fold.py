@@ -7,7 +7,9 @@ Exact up to float rounding. The pass runs four stages, each linear in the graph 
    Identity feeding a graph output is removed by letting its producer write the output directly;
    one between a graph input (or a constant) and a graph output stays.
 
-2. **Constant subgraphs.** ``Constant`` nodes become initializers. Every node whose inputs are all
+2. **Constant subgraphs.** ``Constant`` nodes become initializers, and so do Shape and Size of a
+   tensor with a static shape and CastLike of a constant to a variable's known type (dynamo builds a
+   missing conv bias that way). Every node whose inputs are all
    initializers (transitively: outputs of such nodes) is evaluated, all of them in ONE onnxruntime
    session (onnx's ReferenceEvaluator if onnxruntime refuses), and each tensor leaving that set is
    replaced by an initializer. Evaluating the subgraph as exported sidesteps the differences between
@@ -35,7 +37,9 @@ Exact up to float rounding. The pass runs four stages, each linear in the graph 
 
 3. **Per-channel affine ops into linear neighbours.** An affine op computes y = a*x + b per channel:
    BatchNormalization (a = gamma / sqrt(var + eps), b = beta - mean*a, eps default 1e-5 as in the
-   ONNX spec; only with constant parameters, not in training mode, extra outputs unused, spatial=1),
+   ONNX spec; only with constant parameters, spatial=1, not in training mode: training_mode=1 from
+   opset 14, any statistics output before it, where the output count selects the mode; extra
+   outputs unused),
    or Mul / Add / Sub / Div by a constant that varies along at most one axis and does not broadcast
    x to a larger shape (Sub c - x is a = -1, b = c; Div x / c is a = 1/c).
 
@@ -232,6 +236,8 @@ class _Folder:
             parts.append(f"{c['bn_to_affine']} standalone BatchNormalization -> Mul/Add")
         if c["constant_nodes"]:
             parts.append(f"{c['constant_nodes']} Constant nodes -> initializers")
+        if c["static_ops"]:
+            parts.append(f"{c['static_ops']} Shape/Size/CastLike of static inputs -> initializers")
         if c["identity_removed"]:
             parts.append(f"removed {c['identity_removed']} Identity/Dropout")
         return ", ".join(parts)
@@ -244,7 +250,7 @@ class _Folder:
             if not _std(node) or node.op not in ("Identity", "Dropout") or not node.inputs or not node.outputs:
                 continue
             if node.op == "Dropout":
-                reason = self._dropout_reason(node)
+                reason = self._dropout_reason(node, g)
                 if reason:
                     self.result.decline(node, reason)
                     continue
@@ -263,8 +269,8 @@ class _Folder:
             self.counts["identity_removed"] += 1
 
     @staticmethod
-    def _dropout_reason(node: gs.Node) -> str | None:
-        if len(node.outputs) > 1 and node.outputs[1].outputs:
+    def _dropout_reason(node: gs.Node, graph: gs.Graph) -> str | None:
+        if len(node.outputs) > 1 and (node.outputs[1].outputs or is_graph_output(graph, node.outputs[1])):
             return "Dropout mask output is used"
         if len(node.inputs) > 2 and not _empty(node.inputs[2]):
             mode = const_value(node.inputs[2])
@@ -294,6 +300,13 @@ class _Folder:
         shapes: dict[int, tuple[int, ...] | None] = {}
         known: dict[int, np.ndarray] = {}  # values of Shape outputs, for the size guard
         for node in g.nodes:  # topological order
+            static = _static_value(node)
+            if static is not None and not is_graph_output(g, node.outputs[0]):
+                out = node.outputs[0]
+                replace_tensor(out, gs.Constant(out.name, static), g)
+                out.name = self.names(out.name + "_dead")
+                self.counts["static_ops"] += 1
+                continue
             reason = self._foldable(node, computed, shapes, known, max_eval)
             if reason is None:
                 folded.append(node)
@@ -354,11 +367,9 @@ class _Folder:
             if shape is not None and int(np.prod(shape, dtype=np.float64)) > max_eval:
                 return f"{node.op} on constants: output of {int(np.prod(shape, dtype=np.float64))} elements not folded"
             shapes[id(t)] = shape
-        if node.op == "Shape" and not node.attrs.get("start") and node.attrs.get("end") is None:
-            src = node.inputs[0]
-            src_shape = _static_shape(src) if _static_shape(src) is not None else shapes.get(id(src))
-            if src_shape is not None:
-                known[id(node.outputs[0])] = np.asarray(src_shape, dtype=np.int64)
+        small = _small_int_value(node, shapes, known)
+        if small is not None:
+            known[id(node.outputs[0])] = small
         return None
 
     def _cone(self, t: gs.Tensor, folded_ids: set[int]) -> tuple[list[gs.Node], list[gs.Constant]]:
@@ -491,6 +502,8 @@ class _Folder:
             return "BatchNormalization with unexpected inputs"
         if node.attrs.get("training_mode", 0):
             return "BatchNormalization in training mode (batch statistics): not an affine op"
+        if self.graph.opset < 14 and any(t.name for t in node.outputs[1:]):
+            return "BatchNormalization with statistics outputs is in training mode before opset 14: not an affine op"
         if node.attrs.get("spatial", 1) != 1:
             return "BatchNormalization with spatial=0 not folded"
         if any(t.outputs or is_graph_output(self.graph, t) for t in node.outputs[1:]):
@@ -697,6 +710,28 @@ class _Folder:
         return None
 
 
+def _static_value(node: gs.Node) -> np.ndarray | None:
+    """The value of a node that only reads static properties of a variable: Shape and Size of a tensor
+    with a static shape, CastLike of a constant to a variable's known type."""
+    if not _std(node) or len(node.outputs) != 1 or not node.inputs:
+        return None
+    x = node.inputs[0]
+    if node.op in ("Shape", "Size") and isinstance(x, gs.Variable) and (shape := _static_shape(x)) is not None:
+        if node.op == "Size":
+            return np.asarray(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
+        start, end = node.attrs.get("start", 0), node.attrs.get("end")
+        return np.asarray(shape[start:end], dtype=np.int64)
+    if node.op == "CastLike" and len(node.inputs) == 2 and isinstance(x, gs.Constant) \
+            and isinstance(node.inputs[1], gs.Variable) and node.inputs[1].dtype is not None:
+        try:
+            dtype = np.dtype(node.inputs[1].dtype)
+        except TypeError:
+            return None
+        if dtype.kind in "fiub" and x.values.dtype.kind in "fiub":
+            return x.values.astype(dtype)
+    return None
+
+
 def _zero_padded(conv: gs.Node) -> bool:
     auto_pad = conv.attrs.get("auto_pad", "NOTSET")
     if isinstance(auto_pad, bytes):
@@ -704,6 +739,55 @@ def _zero_padded(conv: gs.Node) -> bool:
     if auto_pad not in ("NOTSET", "VALID"):
         return True
     return any(int(p) != 0 for p in conv.attrs.get("pads", []) or [])
+
+
+#: Small integer tensors (shape arithmetic) are tracked through these ops to bound growing ops' sizes.
+_SMALL = 64
+
+
+def _small_int_value(node: gs.Node, shapes: dict, known: dict) -> np.ndarray | None:
+    """The value of a small integer output of a shape-arithmetic node, for the size guard only
+    (the folded values themselves come from onnxruntime)."""
+    def value(t):
+        v = t.values if isinstance(t, gs.Constant) else known.get(id(t))
+        return None if v is None or v.size > _SMALL or v.dtype.kind not in "iu" else np.asarray(v)
+
+    op, a = node.op, node.attrs
+    if len(node.outputs) != 1:
+        return None
+    if op == "Shape":
+        src = node.inputs[0]
+        shape = _static_shape(src) if _static_shape(src) is not None else shapes.get(id(src))
+        return None if shape is None else np.asarray(shape[a.get("start", 0):a.get("end")], dtype=np.int64)
+    vals = [value(t) if not _empty(t) else None for t in node.inputs]
+    if any(v is None for v, t in zip(vals, node.inputs) if not _empty(t)):
+        return None
+    try:
+        if op in ("Identity", "Cast") and vals[0] is not None:
+            return vals[0]
+        if op == "Expand":
+            return np.broadcast_to(vals[0], np.broadcast_shapes(vals[0].shape, tuple(vals[1]))).copy()
+        if op == "Concat":
+            return np.concatenate(vals, axis=a.get("axis", 0))
+        if op == "Unsqueeze":
+            axes = list(vals[1]) if len(vals) > 1 else list(a.get("axes", []))
+            out = vals[0]
+            for ax in sorted(int(x) % (out.ndim + len(axes)) for x in axes):
+                out = np.expand_dims(out, ax)
+            return out
+        if op == "Squeeze":
+            axes = vals[1] if len(vals) > 1 and vals[1] is not None else a.get("axes")
+            return np.squeeze(vals[0], axis=None if axes is None else tuple(int(x) for x in axes))
+        if op == "Gather":
+            return np.take(vals[0], vals[1], axis=a.get("axis", 0))
+        if op == "Reshape":
+            shape = [d if d != 0 else vals[0].shape[i] for i, d in enumerate(vals[1])]
+            return vals[0].reshape(shape)
+        if op in ("Add", "Sub", "Mul"):
+            return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](vals[0], vals[1])
+    except (ValueError, TypeError, IndexError, np.exceptions.AxisError):
+        return None
+    return None
 
 
 def _grown_shape(node: gs.Node, shapes: dict, known: dict) -> tuple[int, ...] | None:
