@@ -62,7 +62,8 @@ Exact up to float rounding. The pass runs four stages, each linear in the graph 
    declined otherwise ("BN before zero-padded conv: not exact"). A scale alone (b = 0) is exact
    with padding, since a*0 = 0.
 
-   A BatchNormalization that can be absorbed nowhere becomes Mul(x, a) then Add(., b), with a and
+   An affine op with a = 1 and b = 0 (Mul by ones, Add of zeros: the default affine of a GroupNorm)
+   is removed. A BatchNormalization that can be absorbed nowhere becomes Mul(x, a) then Add(., b), with a and
    b shaped [C, 1, ...]; a Mul by ones or an Add of zeros is left out.
 
 All arithmetic is in float64 from the stored values, cast back to the weight's dtype (fp16 models
@@ -240,6 +241,8 @@ class _Folder:
             parts.append(f"{c['static_ops']} Shape/Size/CastLike of static inputs -> initializers")
         if c["identity_removed"]:
             parts.append(f"removed {c['identity_removed']} Identity/Dropout")
+        if c["neutral_removed"]:
+            parts.append(f"removed {c['neutral_removed']} Mul by 1/Add of 0")
         return ", ".join(parts)
 
     # --- stage 1: Identity / Dropout ------------------------------------------------------------
@@ -254,19 +257,24 @@ class _Folder:
                 if reason:
                     self.result.decline(node, reason)
                     continue
-            inp, out = node.inputs[0], node.outputs[0]
-            if not is_graph_output(g, out):
-                replace_tensor(out, inp, g)
-                _detach(node)
-            else:
-                src = producer(inp) if isinstance(inp, gs.Variable) else None
-                if src is None or is_graph_output(g, inp) or any(t is inp for t in g.inputs):
-                    self.result.decline(node, f"{node.op} between a graph input or constant and a graph output kept")
-                    continue
-                _detach(node)
-                replace_tensor(inp, out, g)
-                src.outputs[src.outputs.index(inp)] = out
-            self.counts["identity_removed"] += 1
+            if self._bypass(node, node.inputs[0], node.outputs[0]):
+                self.counts["identity_removed"] += 1
+
+    def _bypass(self, node: gs.Node, inp: gs.Tensor, out: gs.Tensor) -> bool:
+        """Remove ``node``, whose output ``out`` equals its input ``inp``; False (declined) if it must stay."""
+        g = self.graph
+        if not is_graph_output(g, out):
+            replace_tensor(out, inp, g)
+            _detach(node)
+            return True
+        src = producer(inp) if isinstance(inp, gs.Variable) else None
+        if src is None or is_graph_output(g, inp) or any(t is inp for t in g.inputs):
+            self.result.decline(node, f"{node.op} between a graph input or constant and a graph output kept")
+            return False
+        _detach(node)
+        replace_tensor(inp, out, g)  # the producer writes the graph output directly
+        src.outputs[src.outputs.index(inp)] = out
+        return True
 
     @staticmethod
     def _dropout_reason(node: gs.Node, graph: gs.Graph) -> str | None:
@@ -436,6 +444,10 @@ class _Folder:
                     self.result.decline(node, aff)
                 continue
             is_bn = node.op == "BatchNormalization"
+            if not is_bn and np.all(aff.a == 1) and not aff.has_shift and aff.rank is not None:
+                if self._bypass(node, aff.x, aff.y):  # x*1, x+0, x-0, x/1
+                    self.counts["neutral_removed"] += 1
+                continue
             why_after = self._absorb_after(aff)
             if why_after is None:
                 self.counts["bn_after" if is_bn else "affine_absorbed"] += 1

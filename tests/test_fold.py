@@ -278,6 +278,27 @@ def test_conv_add_not_per_channel_kept():
     assert ops(out) == Counter({"Conv": 1, "Add": 1})
 
 
+def test_neutral_mul_add_removed():
+    m = model("""g (float[1, 4, 3, 3] x) => (float[1, 4, 3, 3] y, float[1, 4, 3, 3] z) {
+        r = Relu (x)
+        s = Mul (r, one)
+        y = Add (s, zero)
+        z = Add (r, big)
+    }""", [init("one", np.ones((4, 1, 1), np.float32)), init("zero", np.zeros(4, np.float32)[:, None, None]),
+           init("big", np.zeros((2, 1, 4, 3, 3), np.float32)[:1].reshape(1, 4, 3, 3) + 1)])
+    out, res = fold(m)
+    assert ops(out) == Counter({"Relu": 1, "Add": 1})
+    assert out.graph.output[0].name == "y" and res.details["neutral_removed"] == 2
+
+
+def test_add_of_zeros_that_broadcasts_kept():
+    m = model("""g (float[1, 4] x) => (float[2, 1, 4] y) {
+        y = Add (x, zero)
+    }""", [init("zero", np.zeros((2, 1, 4), np.float32))])
+    out, _ = fold(m)
+    assert ops(out) == Counter({"Add": 1})
+
+
 def test_matmul_add_becomes_gemm():
     m = model("""g (float[3, 5] x) => (float[3, 6] y) {
         h = MatMul (x, w)
