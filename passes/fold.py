@@ -66,8 +66,9 @@ Exact up to float rounding. The pass runs four stages, each linear in the graph 
    is removed. A BatchNormalization that can be absorbed nowhere becomes Mul(x, a) then Add(., b), with a and
    b shaped [C, 1, ...]; a Mul by ones or an Add of zeros is left out.
 
-All arithmetic is in float64 from the stored values, cast back to the weight's dtype (fp16 models
-keep fp16 weights). Values are never changed in place: every folded tensor is a new initializer, so
+Per-channel vectors (a, b, biases, the shift a Gemm/Conv carries through) are computed in float64;
+weights are scaled in float32 (float64 weights in float64) and cast back to their dtype, so fp16
+models keep fp16 weights. Values are never changed in place: every folded tensor is a new initializer, so
 an initializer shared by two consumers is never folded into both, and the pass manager's rollback
 snapshot (which shares arrays) stays intact.
 """
@@ -147,7 +148,18 @@ def _detach(node: gs.Node) -> None:
 
 
 def _f64(x: np.ndarray) -> np.ndarray:
+    """Per-channel vectors (small): computed in float64."""
     return np.asarray(x, dtype=np.float64)
+
+
+def _work(x: np.ndarray) -> np.ndarray:
+    """Weights: float32 (float64 weights stay float64); no copy for float32 input."""
+    return np.asarray(x, dtype=np.promote_types(x.dtype, np.float32))
+
+
+def _vec(v: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A float64 per-channel vector in ``like``'s working dtype, so products stay in that precision."""
+    return v.astype(like.dtype)
 
 
 @dataclass
@@ -568,7 +580,9 @@ class _Folder:
             return "channel count does not match the conv's output channels"
         a, b = ab
         B = _f64(bias.values) if bias is not None else np.zeros(W.shape[0])
-        p.inputs[1] = gs.Constant(self.names(w.name), (_f64(W) * a.reshape((-1,) + (1,) * (W.ndim - 1))).astype(W.dtype))
+        Ww = _work(W)
+        p.inputs[1] = gs.Constant(self.names(w.name),
+                                  (Ww * _vec(a, Ww).reshape((-1,) + (1,) * (W.ndim - 1))).astype(W.dtype, copy=False))
         self._set_bias(p, w.name + "_bias" if bias is None else bias.name, B * a + b, W.dtype)
         return None
 
@@ -583,10 +597,10 @@ class _Folder:
             return "channel count does not match the ConvTranspose's output channels"
         a, b = ab
         k = W.shape[2:]
-        Wg = _f64(W).reshape((g, W.shape[0] // g, W.shape[1]) + k)
-        Wn = (Wg * a.reshape((g, 1, W.shape[1]) + (1,) * len(k))).reshape(W.shape)
+        Wg = _work(W).reshape((g, W.shape[0] // g, W.shape[1]) + k)
+        Wn = (Wg * _vec(a, Wg).reshape((g, 1, W.shape[1]) + (1,) * len(k))).reshape(W.shape)
         B = _f64(bias.values) if bias is not None else np.zeros(out)
-        p.inputs[1] = gs.Constant(self.names(w.name), Wn.astype(W.dtype))
+        p.inputs[1] = gs.Constant(self.names(w.name), Wn.astype(W.dtype, copy=False))
         self._set_bias(p, w.name + "_bias" if bias is None else bias.name, B * a + b, W.dtype)
         return None
 
@@ -603,7 +617,7 @@ class _Folder:
         alpha, beta = float(p.attrs.get("alpha", 1.0)), float(p.attrs.get("beta", 1.0))
         Bn = alpha * Bm * a[None, :]
         C = beta * _f64(bias.values) * a + b if bias is not None else b
-        p.inputs[1] = gs.Constant(self.names(w.name), (Bn.T if trans_b else Bn).astype(W.dtype))
+        p.inputs[1] = gs.Constant(self.names(w.name), (Bn.T if trans_b else Bn).astype(W.dtype, copy=False))
         self._set_bias(p, w.name + "_bias" if bias is None else bias.name, C, W.dtype)
         p.attrs["alpha"], p.attrs["beta"] = 1.0, 1.0
         return None
@@ -623,7 +637,8 @@ class _Folder:
         a, b = ab
         if aff.has_shift and rank != 2:
             return "MatMul of rank > 2 has no bias slot for the shift"
-        Wn = gs.Constant(self.names(w.name), (_f64(W) * a[None, :]).astype(W.dtype))
+        Ww = _work(W)
+        Wn = gs.Constant(self.names(w.name), (Ww * _vec(a, Ww)[None, :]).astype(W.dtype, copy=False))
         p.inputs[1] = Wn
         if aff.has_shift:
             p.op = "Gemm"
@@ -659,12 +674,12 @@ class _Folder:
                 return f"channel count does not match the conv's input channels"
             a, b = ab
             o, ig, k = W.shape[0], W.shape[1], W.shape[2:]
-            Wg = _f64(W).reshape((g, o // g, ig) + k)
+            Wg = _work(W).reshape((g, o // g, ig) + k)
             ones = (1,) * len(k)
-            Wn = (Wg * a.reshape((g, 1, ig) + ones)).reshape(W.shape)
-            shift = (Wg * b.reshape((g, 1, ig) + ones)).sum(axis=tuple(range(2, Wg.ndim))).reshape(o)
+            Wn = (Wg * _vec(a, Wg).reshape((g, 1, ig) + ones)).reshape(W.shape)
+            shift = (_f64(Wg) * b.reshape((g, 1, ig) + ones)).sum(axis=tuple(range(2, Wg.ndim))).reshape(o)
             B = _f64(bias.values) if bias is not None else np.zeros(o)
-            q.inputs[1] = gs.Constant(self.names(w.name), Wn.astype(W.dtype))
+            q.inputs[1] = gs.Constant(self.names(w.name), Wn.astype(W.dtype, copy=False))
             if aff.has_shift or bias is not None:
                 self._set_bias(q, w.name + "_bias" if bias is None else bias.name, B + shift, W.dtype)
         elif q.op == "ConvTranspose":
@@ -676,8 +691,9 @@ class _Folder:
             if ab is None:
                 return "channel count does not match the ConvTranspose's input channels"
             a, _ = ab
+            Ww = _work(W)
             q.inputs[1] = gs.Constant(self.names(w.name),
-                                      (_f64(W) * a.reshape((-1,) + (1,) * (W.ndim - 1))).astype(W.dtype))
+                                      (Ww * _vec(a, Ww).reshape((-1,) + (1,) * (W.ndim - 1))).astype(W.dtype, copy=False))
         else:  # Gemm
             if int(q.attrs.get("transA", 0)) or aff.rank != 2 or aff.axis not in (None, 1):
                 return ""
@@ -690,7 +706,7 @@ class _Folder:
             alpha, beta = float(q.attrs.get("alpha", 1.0)), float(q.attrs.get("beta", 1.0))
             Bn = alpha * a[:, None] * Bm
             C = (beta * _f64(bias.values) if bias is not None else 0.0) + alpha * (b @ Bm)
-            q.inputs[1] = gs.Constant(self.names(w.name), (Bn.T if trans_b else Bn).astype(W.dtype))
+            q.inputs[1] = gs.Constant(self.names(w.name), (Bn.T if trans_b else Bn).astype(W.dtype, copy=False))
             self._set_bias(q, w.name + "_bias" if bias is None else bias.name, np.asarray(C), W.dtype)
             q.attrs["alpha"], q.attrs["beta"] = 1.0, 1.0
         x = aff.x
@@ -723,12 +739,13 @@ class _Folder:
 
 
 def _static_value(node: gs.Node) -> np.ndarray | None:
-    """The value of a node that only reads static properties of a variable: Shape and Size of a tensor
-    with a static shape, CastLike of a constant to a variable's known type."""
+    """The value of a node that only reads static properties of its input: Shape and Size of a tensor
+    with a static shape (so a weight's shape never makes its values travel to the evaluator), CastLike
+    of a constant to a variable's known type."""
     if not _std(node) or len(node.outputs) != 1 or not node.inputs:
         return None
     x = node.inputs[0]
-    if node.op in ("Shape", "Size") and isinstance(x, gs.Variable) and (shape := _static_shape(x)) is not None:
+    if node.op in ("Shape", "Size") and (shape := _static_shape(x)) is not None:
         if node.op == "Size":
             return np.asarray(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
         start, end = node.attrs.get("start", 0), node.attrs.get("end")
