@@ -456,7 +456,7 @@ class _Folder:
                     self.result.decline(node, aff)
                 continue
             is_bn = node.op == "BatchNormalization"
-            if not is_bn and np.all(aff.a == 1) and not aff.has_shift and aff.rank is not None:
+            if not is_bn and np.all(aff.a == 1) and not aff.has_shift and _keeps_shape(aff):
                 if self._bypass(node, aff.x, aff.y):  # x*1, x+0, x-0, x/1
                     self.counts["neutral_removed"] += 1
                 continue
@@ -736,6 +736,16 @@ class _Folder:
             self.graph.nodes.append(gs.Node(op, f"{base}_{op.lower()}", inputs=[cur, const], outputs=[out]))
             cur = out
         return None
+
+
+def _keeps_shape(aff: _Affine) -> bool:
+    """Whether the op's output provably has x's shape (the constant never broadcasts x larger)."""
+    if aff.rank is None:
+        return False
+    if aff.axis is None:
+        return True
+    shape = aff.x.shape or []
+    return len(shape) == aff.rank and isinstance(shape[aff.axis], (int, np.integer)) and shape[aff.axis] == aff.a.size
 
 
 def _static_value(node: gs.Node) -> np.ndarray | None:

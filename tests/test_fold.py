@@ -138,6 +138,27 @@ def test_bn_on_conv_with_other_consumer_not_absorbed():
     assert any("other consumers" in r for r in reasons(res))
 
 
+def test_bn_after_conv_with_weight_input_declined():
+    m = model("""g (float[1, 4, 5, 5] x, float[4, 4, 1, 1] w) => (float[1, 4, 5, 5] y) {
+        c = Conv (x, w)
+        y = BatchNormalization (c, bn_s, bn_b, bn_m, bn_v)
+    }""", bn_params("bn", 4))
+    gr = ir.to_graph(m)
+    res = FoldPass().run(gr, PassContext())
+    assert "Conv weight is not a floating-point initializer" in reasons(res)
+
+
+def test_bn_with_variable_parameters_declined():
+    m = model("""g (float[1, 4, 5, 5] x, float[4] s) => (float[1, 4, 5, 5] y) {
+        c = Conv (x, w)
+        y = BatchNormalization (c, s, bn_b, bn_m, bn_v)
+    }""", [init("w", rand(4, 4, 1, 1)), *bn_params("bn", 4)[1:]])
+    gr = ir.to_graph(m)
+    res = FoldPass().run(gr, PassContext())
+    assert "BatchNormalization parameters are not constants" in reasons(res)
+    assert not res.changed
+
+
 # --- BN before a conv ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("group", [1, 2])
@@ -297,6 +318,15 @@ def test_add_of_zeros_that_broadcasts_kept():
     }""", [init("zero", np.zeros((2, 1, 4), np.float32))])
     out, _ = fold(m)
     assert ops(out) == Counter({"Add": 1})
+
+
+def test_add_of_zeros_on_symbolic_dim_kept():
+    m = model("""g (float[1, C] x) => (float[1, 4] y) {
+        y = Add (x, zero)
+    }""", [init("zero", np.zeros(4, np.float32))])
+    gr = ir.to_graph(m)
+    FoldPass().run(gr, PassContext())
+    assert [n.op for n in gr.nodes] == ["Add"]
 
 
 def test_matmul_add_becomes_gemm():
@@ -608,3 +638,20 @@ def test_pytorch_export(name, exporter):
     x = make_inputs(m, seed=3)
     torch_out = module(torch.from_numpy(next(iter(x.values())))).detach().numpy()
     np.testing.assert_allclose(run(out, x)[0], torch_out, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_apply_fold(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxopt.cli import cli
+
+    m = model("""g (float[1, 3, 6, 6] x) => (float[1, 4, 6, 6] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, w)
+        y = BatchNormalization (c, bn_s, bn_b, bn_m, bn_v)
+    }""", [init("w", rand(4, 3, 3, 3)), *bn_params("bn", 4)])
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    r = CliRunner().invoke(cli, ["apply", str(src), "--passes", "fold"])
+    assert r.exit_code == 0, r.output
+    assert "folded 1 BatchNormalization" in r.output
+    assert ops(onnx.load(tmp_path / "m.opt.onnx")) == Counter({"Conv": 1})
