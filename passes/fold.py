@@ -2,7 +2,8 @@
 
 Exact up to float rounding. The pass runs four stages, each linear in the graph size:
 
-1. **Identity / Dropout removal.** Both are the identity at inference. A Dropout is removed only when
+1. **Identity / Dropout / no-op Cast removal.** All are the identity at inference (a Cast or
+   CastLike to the input's own type included). A Dropout is removed only when
    its mask output is unused and its ``training_mode`` input is absent or a constant false. An
    Identity feeding a graph output is removed by letting its producer write the output directly;
    one between a graph input (or a constant) and a graph output stays.
@@ -252,7 +253,7 @@ class _Folder:
         if c["static_ops"]:
             parts.append(f"{c['static_ops']} Shape/Size/CastLike of static inputs -> initializers")
         if c["identity_removed"]:
-            parts.append(f"removed {c['identity_removed']} Identity/Dropout")
+            parts.append(f"removed {c['identity_removed']} Identity/Dropout/no-op Cast")
         if c["neutral_removed"]:
             parts.append(f"removed {c['neutral_removed']} Mul by 1/Add of 0")
         return ", ".join(parts)
@@ -262,7 +263,13 @@ class _Folder:
     def remove_identities(self) -> None:
         g = self.graph
         for node in list(g.nodes):
-            if not _std(node) or node.op not in ("Identity", "Dropout") or not node.inputs or not node.outputs:
+            if not _std(node) or not node.inputs or not node.outputs:
+                continue
+            if node.op in ("Cast", "CastLike") and _noop_cast(node):
+                if self._bypass(node, node.inputs[0], node.outputs[0]):
+                    self.counts["identity_removed"] += 1
+                continue
+            if node.op not in ("Identity", "Dropout"):
                 continue
             if node.op == "Dropout":
                 reason = self._dropout_reason(node, g)
@@ -371,7 +378,9 @@ class _Folder:
         """None if ``node`` can be folded; '' if it plainly cannot; a reason worth reporting otherwise."""
         if not _std(node) or node.op in NOT_FOLDABLE or not node.inputs or not node.outputs:
             return ""
-        for t in node.inputs:
+        for i, t in enumerate(node.inputs):
+            if node.op == "CastLike" and i == 1 and _known_dtype(t) is not None:
+                continue  # only its type is read: evaluated as Cast
             if not (isinstance(t, gs.Constant) or _empty(t) or id(t) in computed):
                 return ""
         if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
@@ -414,13 +423,21 @@ class _Folder:
         from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
         g = self.graph
+        made = {t.name for n in nodes for t in n.outputs}
         inits: dict[str, gs.Constant] = {}
         for n in nodes:
             for t in n.inputs:
                 if isinstance(t, gs.Constant):
                     inits.setdefault(t.name, t)
+        protos = []
+        for n in nodes:
+            if n.op == "CastLike" and not isinstance(n.inputs[1], gs.Constant) and n.inputs[1].name not in made:
+                to = onnx.helper.np_dtype_to_tensor_dtype(_known_dtype(n.inputs[1]))
+                protos.append(onnx.helper.make_node("Cast", [n.inputs[0].name], [n.outputs[0].name], to=to))
+            else:
+                protos.append(OnnxExporter.export_node(n))
         graph_proto = onnx.helper.make_graph(
-            [OnnxExporter.export_node(n) for n in nodes], "fold_constants", [],
+            protos, "fold_constants", [],
             [onnx.helper.make_empty_tensor_value_info(t.name) for t in outputs],
             [OnnxExporter.export_tensor_proto(c) for c in inits.values()])
         model = onnx.helper.make_model(graph_proto, opset_imports=[onnx.helper.make_opsetid("", g.opset)])
@@ -736,6 +753,24 @@ class _Folder:
             self.graph.nodes.append(gs.Node(op, f"{base}_{op.lower()}", inputs=[cur, const], outputs=[out]))
             cur = out
         return None
+
+
+def _known_dtype(t: gs.Tensor) -> np.dtype | None:
+    try:
+        return np.dtype(t.dtype) if t.dtype is not None else None
+    except TypeError:  # onnx types numpy lacks (bfloat16, float8)
+        return None
+
+
+def _noop_cast(node: gs.Node) -> bool:
+    """Cast to the input's own type, CastLike to a tensor of the input's type."""
+    src = _known_dtype(node.inputs[0])
+    if src is None:
+        return False
+    if node.op == "Cast":
+        to = node.attrs.get("to")
+        return to is not None and onnx.helper.tensor_dtype_to_np_dtype(int(to)) == src
+    return len(node.inputs) == 2 and _known_dtype(node.inputs[1]) == src
 
 
 def _keeps_shape(aff: _Affine) -> bool:

@@ -365,6 +365,20 @@ def test_identity_and_dropout_removed():
     assert "removed 4 Identity/Dropout" in res.summary
 
 
+def test_noop_casts_removed_and_castlike_of_variable_type_folded():
+    m = model("""g (float[1, 4, 3, 3] x) => (float[1, 4, 3, 3] y, double[1, 4, 3, 3] z) {
+        a = Cast <to = 1> (x)
+        b = CastLike (a, x)
+        k = Unsqueeze (g, axes)
+        kc = CastLike (k, b)
+        y = Mul (b, kc)
+        z = Cast <to = 11> (y)
+    }""", [init("g", rand(4, 1, low=0.5, high=1.5)), init("axes", np.array([2], np.int64))], opset=17)
+    out, res = fold(m)
+    assert ops(out) == Counter({"Mul": 1, "Cast": 1})
+    assert res.details["identity_removed"] == 3
+
+
 def test_dropout_with_used_mask_or_training_kept():
     m = model("""g (float[1, 4] x, bool t) => (float[1, 4] y, bool[1, 4] mask) {
         b = Relu (x)
