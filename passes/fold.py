@@ -688,7 +688,7 @@ class _Folder:
             cin = W.shape[1] * g
             ab = aff.channels(cin)
             if ab is None:
-                return f"channel count does not match the conv's input channels"
+                return "channel count does not match the conv's input channels"
             a, b = ab
             o, ig, k = W.shape[0], W.shape[1], W.shape[2:]
             Wg = _work(W).reshape((g, o // g, ig) + k)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import time
 import warnings
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
