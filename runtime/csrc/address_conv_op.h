@@ -1,0 +1,43 @@
+#pragma once
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <vector>
+
+#include "address_conv.h"
+#include "op_names.h"
+
+namespace onnxopt {
+
+class AddressConvKernel {
+ public:
+  AddressConvKernel(const OrtApi& api, const OrtKernelInfo* info);
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  void Compute(OrtKernelContext* context);
+
+  const OrtApi& api_;
+  const GemmIsa& isa_;
+  std::int64_t group_ = 1, stride_h_ = 1, stride_w_ = 1;
+  std::vector<std::int64_t> constant_w_dims_;
+  PackedWeights packed_;
+};
+
+// Inputs: X [N, Csrc, H, W] float, W [Cout, Cin/group, 1, 1] float, optional B [Cout] float,
+// address [Cin, 3] int32.  Output: [N, Cout, ceil(H/sh), ceil(W/sw)] float.
+struct AddressConvOp : Ort::CustomOpBase<AddressConvOp, AddressConvKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+  const char* GetName() const;
+  std::size_t GetInputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetInputType(std::size_t index) const;
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
+  std::size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  int start_ver_ = kOpVersion;
+  int end_ver_ = kOpVersion;
+};
+
+}  // namespace onnxopt

@@ -1,0 +1,56 @@
+// Portable micro-kernel and the runtime choice between the ISA-specific ones.
+#include <cstdlib>
+#include <cstring>
+
+#include "gemm.h"
+
+namespace onnxopt {
+namespace {
+
+constexpr int kMR = 4;
+constexpr int kNR = 16;
+
+void tile_generic(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
+                  std::ptrdiff_t ldc) {
+  float acc[kMR][kNR];
+  for (int r = 0; r < mr; ++r)
+    for (int j = 0; j < kNR; ++j) acc[r][j] = bias ? bias[r] : 0.0f;
+  for (int k = 0; k < K; ++k) {
+    for (int r = 0; r < mr; ++r) {
+      const float ar = a[r];
+      for (int j = 0; j < kNR; ++j) acc[r][j] += ar * b[j];
+    }
+    a += mr;
+    b += kNR;
+  }
+  for (int r = 0; r < mr; ++r) std::memcpy(c + r * ldc, acc[r], sizeof(float) * static_cast<std::size_t>(nc));
+}
+
+const GemmIsa& choose() {
+  // ONNXOPT_GEMM_ISA=avx2|generic forces a lesser kernel (tests and benchmarks); it never
+  // selects one the CPU lacks.
+  const char* force = std::getenv("ONNXOPT_GEMM_ISA");
+  const bool want_avx512 = !force || std::strcmp(force, "avx512f") == 0;
+  const bool want_avx2 = want_avx512 || std::strcmp(force, "avx2") == 0;
+  (void)want_avx2;
+#if defined(ONNXOPT_X86_KERNELS)
+  __builtin_cpu_init();
+  if (want_avx512 && __builtin_cpu_supports("avx512f")) return gemm_isa_avx512();
+  if (want_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gemm_isa_avx2();
+#endif
+  return gemm_isa_generic();
+}
+
+}  // namespace
+
+const GemmIsa& gemm_isa_generic() {
+  static const GemmIsa isa{"generic", kMR, kNR, &tile_generic};
+  return isa;
+}
+
+const GemmIsa& gemm_isa() {
+  static const GemmIsa& isa = choose();
+  return isa;
+}
+
+}  // namespace onnxopt

@@ -1,0 +1,48 @@
+// The library's entry points: RegisterCustomOps (called by
+// SessionOptions.register_custom_ops_library) and onnxopt_ops_info (for tests and diagnostics).
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "address_conv_op.h"
+#include "gemm.h"
+#include "op_names.h"
+
+#define ONNXOPT_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+onnxopt::AddressConvOp& address_conv_op() {
+  static onnxopt::AddressConvOp op;
+  return op;
+}
+
+}  // namespace
+
+ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (!api) {  // onnxruntime older than the API we were built against; API 1 always exists
+    return api_base->GetApi(1)->CreateStatus(
+        ORT_NOT_IMPLEMENTED, "libonnxopt_ops needs onnxruntime >= 1.21 (C API version 21)");
+  }
+  Ort::InitApi(api);
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* st = api->CreateCustomOpDomain(onnxopt::kDomain, &domain)) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_op())) return st;
+  if (OrtStatus* st = api->AddCustomOpDomain(options, domain)) return st;
+  // onnxruntime keeps using the domain after the session options die; it is deliberately never
+  // released (released at exit it could outlive onnxruntime itself).
+  static std::mutex mutex;
+  static std::vector<OrtCustomOpDomain*> domains;
+  std::lock_guard<std::mutex> lock(mutex);
+  domains.push_back(domain);
+  return nullptr;
+}
+
+// "domain=ai.onnxopt;version=1;ops=AddressConv;gemm=avx512f"
+ONNXOPT_EXPORT const char* onnxopt_ops_info() {
+  static const std::string info = std::string("domain=") + onnxopt::kDomain +
+                                  ";version=" + std::to_string(onnxopt::kOpVersion) +
+                                  ";ops=" + onnxopt::kAddressConv + ";gemm=" + onnxopt::gemm_isa().name;
+  return info.c_str();
+}

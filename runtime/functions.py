@@ -1,0 +1,155 @@
+"""ONNX-function fallbacks of the custom ops, so an optimized model also runs on a stock runtime.
+
+Design: one model-local FunctionProto per custom op type (domain ``ai.onnxopt``, same name),
+built from standard ops and *data-independent*: the ``address`` table is an ordinary input of
+the function, and its body turns it into gather indices at run time. So a model holds a single
+``AddressConv`` function however many nodes (and address tables) use it, the node is exactly the
+node the native kernel runs, and nothing has to be regenerated when a pass edits an address
+table. onnxruntime runs the registered kernel when the library is loaded and expands the
+function otherwise.
+
+AddressConv body, for X [N, Csrc, H, W], address [Cin, 3] = (src, dy, dx), strides (sh, sw)::
+
+    P   = max |dy|, |dx|                               # every read lands inside the padding
+    Xp  = Pad(X, P on both sides of H and W)           # zeros outside the image
+    Hp, Wp = H + 2P, W + 2P;  Ho, Wo = ceil(H/sh), ceil(W/sw)
+    idx[k, i, j] = src[k]*Hp*Wp + (i*sh + dy[k] + P)*Wp + (j*sw + dx[k] + P)   # [Cin, Ho, Wo]
+    G   = Gather(Reshape(Xp, [N, -1]), idx, axis=1)    # [N, Cin, Ho, Wo]
+    Y   = Conv(G, W, B, group)                          # 1x1, stride 1
+
+The function needs the model's default-domain opset >= 13 and IR version >= 9 (attribute
+defaults on functions); :func:`add_functions` checks both.
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from . import ops
+
+#: Lowest default-domain opset whose ops the function bodies use as written.
+MIN_OPSET = 13
+
+
+def _const(name: str, values: list[int]) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value_ints=values)
+
+
+def address_conv_function(opset: int) -> onnx.FunctionProto:
+    """The AddressConv FunctionProto, written against default-domain opset ``opset``."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"{ops.ADDRESS_CONV} fallback needs opset >= {MIN_OPSET}, model has {opset}")
+    n = helper.make_node
+    strides = helper.make_node("Constant", [], ["strides"])
+    strides.attribute.append(onnx.AttributeProto(name="value_ints", ref_attr_name="strides",
+                                                 type=onnx.AttributeProto.INTS))
+    conv = n("Conv", ["G", "W", "B"], ["Y"], kernel_shape=[1, 1])
+    conv.attribute.append(onnx.AttributeProto(name="group", ref_attr_name="group", type=onnx.AttributeProto.INT))
+    nodes = [
+        _const("c0", [0]), _const("c1", [1]), _const("c2", [2]), _const("c3", [3]), _const("c4", [4]),
+        _const("zero2", [0, 0]), _const("one", [1]), _const("two", [2]), _const("flat", [0, -1]),
+        _const("col3", [-1, 1, 1]), _const("row3", [1, -1, 1]), _const("lane3", [1, 1, -1]),
+        n("Constant", [], ["scalar"], value=helper.make_tensor("scalar", TensorProto.INT64, [0], [])),
+        strides,
+        n("Cast", ["address"], ["addr"], to=TensorProto.INT64),
+        n("Slice", ["addr", "c0", "c1", "c1"], ["src2"]),
+        n("Slice", ["addr", "c1", "c2", "c1"], ["dy2"]),
+        n("Slice", ["addr", "c2", "c3", "c1"], ["dx2"]),
+        n("Slice", ["addr", "c1", "c3", "c1"], ["dyx"]),
+        n("Abs", ["dyx"], ["absd"]),
+        n("ReduceMax", ["absd"], ["pmax"], keepdims=1),
+        n("Reshape", ["pmax", "one"], ["P"]),
+        n("Concat", ["zero2", "P", "P", "zero2", "P", "P"], ["pads"], axis=0),
+        n("Pad", ["X", "pads"], ["Xp"]),
+        n("Shape", ["X"], ["xshape"]),
+        n("Slice", ["xshape", "c2", "c3"], ["H"]),
+        n("Slice", ["xshape", "c3", "c4"], ["Wd"]),
+        n("Slice", ["strides", "c0", "c1"], ["sh"]),
+        n("Slice", ["strides", "c1", "c2"], ["sw"]),
+        # Ho = (H + sh - 1) / sh, Wo likewise (integer division of positive numbers)
+        n("Add", ["H", "sh"], ["h1"]), n("Sub", ["h1", "one"], ["h2"]), n("Div", ["h2", "sh"], ["Ho"]),
+        n("Add", ["Wd", "sw"], ["w1"]), n("Sub", ["w1", "one"], ["w2"]), n("Div", ["w2", "sw"], ["Wo"]),
+        n("Mul", ["P", "two"], ["P2"]),
+        n("Add", ["H", "P2"], ["Hp"]), n("Add", ["Wd", "P2"], ["Wp"]),
+        n("Mul", ["Hp", "Wp"], ["plane"]),
+        n("Reshape", ["Ho", "scalar"], ["Ho0"]), n("Reshape", ["Wo", "scalar"], ["Wo0"]),
+        n("Reshape", ["c0", "scalar"], ["zero0"]), n("Reshape", ["one", "scalar"], ["one0"]),
+        n("Range", ["zero0", "Ho0", "one0"], ["ri"]), n("Range", ["zero0", "Wo0", "one0"], ["rj"]),
+        n("Mul", ["ri", "sh"], ["ri_s"]), n("Add", ["ri_s", "P"], ["ri_p"]), n("Reshape", ["ri_p", "row3"], ["rows"]),
+        n("Mul", ["rj", "sw"], ["rj_s"]), n("Add", ["rj_s", "P"], ["rj_p"]), n("Reshape", ["rj_p", "lane3"], ["cols"]),
+        n("Reshape", ["src2", "col3"], ["src3"]), n("Reshape", ["dy2", "col3"], ["dy3"]),
+        n("Reshape", ["dx2", "col3"], ["dx3"]),
+        n("Mul", ["src3", "plane"], ["base"]),
+        n("Add", ["rows", "dy3"], ["yy"]), n("Mul", ["yy", "Wp"], ["yoff"]),
+        n("Add", ["cols", "dx3"], ["xx"]),
+        n("Add", ["base", "yoff"], ["i1"]), n("Add", ["i1", "xx"], ["idx"]),
+        n("Reshape", ["Xp", "flat"], ["Xf"]),
+        n("Gather", ["Xf", "idx"], ["G"], axis=1),
+        conv,
+    ]
+    f = helper.make_function(
+        ops.DOMAIN, ops.ADDRESS_CONV, inputs=["X", "W", "B", "address"], outputs=["Y"], nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)], attributes=[])
+    f.attribute_proto.extend([helper.make_attribute("group", 1), helper.make_attribute("strides", [1, 1])])
+    f.doc_string = (f"{ops.ADDRESS_CONV} from standard ops: pad by the largest displacement, gather the "
+                    "displaced strided pixels with indices computed from `address`, then a 1x1 Conv.")
+    return f
+
+
+#: Builders of each custom op's fallback function, keyed by op type.
+FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ValueError("model imports no default-domain opset")
+
+
+def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Embed (in place) the fallback FunctionProto of every custom op the model uses, and import
+    ``ai.onnxopt`` version 1. Functions already present are kept. Returns the model."""
+    used = {node.op_type for node in model.graph.node if node.domain == ops.DOMAIN}
+    unknown = used - set(FUNCTION_BUILDERS)
+    if unknown:
+        raise ValueError(f"no ONNX-function fallback for {sorted(unknown)} (domain {ops.DOMAIN})")
+    if not used:
+        return model
+    opset = default_opset(model)
+    present = {(f.domain, f.name) for f in model.functions}
+    for op_type in sorted(used):
+        if (ops.DOMAIN, op_type) not in present:
+            model.functions.append(FUNCTION_BUILDERS[op_type](opset))
+    if not any(imp.domain == ops.DOMAIN for imp in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION))
+    model.ir_version = max(model.ir_version, 9)
+    return model
+
+
+def address_conv_model(x_shape, weight, bias, address, group: int = 1, strides=(1, 1),
+                       opset: int = 17, dynamic_hw: bool = False, with_functions: bool = True) -> onnx.ModelProto:
+    """A one-node model ``Y = AddressConv(X, W, B, address)`` with W, B, address as initializers
+    (for tests, benchmarks and latency tables). ``bias`` may be None (input left empty)."""
+    import numpy as np
+
+    n, c, h, w = x_shape
+    dims = [n, c, "H", "W"] if dynamic_hw else [n, c, h, w]
+    out_dims = ([n, len(weight), "Ho", "Wo"] if dynamic_hw
+                else [n, len(weight), -(-h // strides[0]), -(-w // strides[1])])
+    inits = [onnx.numpy_helper.from_array(np.asarray(weight, np.float32), "W"),
+             onnx.numpy_helper.from_array(np.asarray(address, np.int32), "address")]
+    inputs = ["X", "W", "", "address"]
+    if bias is not None:
+        inits.append(onnx.numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
+        inputs[2] = "B"
+    node = helper.make_node(ops.ADDRESS_CONV, inputs, ["Y"], domain=ops.DOMAIN, group=group, strides=list(strides))
+    graph = helper.make_graph([node], "address_conv",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_dims)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.ir_version = 10
+    if with_functions:
+        add_functions(model)
+    return model

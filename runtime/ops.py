@@ -1,0 +1,13 @@
+"""Names of onnxopt's custom ops: the one place they are spelled.
+
+Passes, the ONNX-function fallbacks, the tests and the C++ library (through a header CMake
+generates from this file, see ``runtime/cmake/OpNames.cmake``) all take them from here. Keep
+each assignment on one line as ``NAME = "value"`` or ``NAME = 1``: CMake parses them.
+"""
+DOMAIN = "ai.onnxopt"
+OP_VERSION = 1
+ADDRESS_CONV = "AddressConv"
+PERFORATED_CONV = "PerforatedConv"
+
+#: The ops the native library registers (PerforatedConv is not implemented yet).
+NATIVE_OPS = (ADDRESS_CONV,)
