@@ -333,8 +333,14 @@ class ShiftPass:
         self.opset = _default_opset(ctx.model)
         self.counts = {"address_convs": 0, "shifts_folded": 0, "permutations_to_gather": 0,
                        "weights_permuted": 0, "depthwise_commuted": 0}
-        self._normalise_permutations()
-        self._compose_gathers()
+        # Slice bounds computed from Shape defeat onnx's shape inference past each ShuffleNet unit; every
+        # round turns the permutations whose shapes are known into Gathers, which it then sees through.
+        for _ in range(_MAX_ROUNDS):
+            found = self._normalise_permutations() + self._compose_gathers()
+            if not found:
+                break
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            _refresh_shapes(graph)
         self._commute_depthwise()
         self._rewrite_consumers()
         self._report_standalone_shifts()
@@ -348,8 +354,11 @@ class ShiftPass:
         return r
 
     # -- step 1: channel shuffles and rolls become Gather(X, idx, axis=1) --
-    def _normalise_permutations(self) -> None:
+    def _normalise_permutations(self) -> int:
+        count = 0
         for node in list(self.graph.nodes):
+            if not node.outputs:
+                continue
             found = shuffle_permutation(node) if node.op == "Reshape" else (
                 channel_roll(node) if node.op == "Concat" else None)
             if found is None:
@@ -357,6 +366,8 @@ class ShiftPass:
             x, idx = found
             self._replace_with_gather(node.outputs[0], x, idx, node.name)
             self.counts["permutations_to_gather"] += 1
+            count += 1
+        return count
 
     def _replace_with_gather(self, out: gs.Tensor, x: gs.Tensor, idx: np.ndarray, name: str) -> gs.Node:
         """Make ``out`` be produced by Gather(x, idx, axis=1), detaching its current producer."""
@@ -369,8 +380,8 @@ class ShiftPass:
         return node
 
     # -- step 2: Slice / Split of a Gather on the channel axis become smaller Gathers of its source --
-    def _compose_gathers(self) -> None:
-        changed = True
+    def _compose_gathers(self) -> int:
+        count, changed = 0, True
         while changed:
             changed = False
             for node in list(self.graph.nodes):
@@ -392,6 +403,8 @@ class ShiftPass:
                 for out, part in zip(outs, parts):
                     self._replace_with_gather(out, x, idx[part], f"{node.name}_{out.name}")
                 changed = True
+                count += 1
+        return count
 
     def _split_parts(self, node: gs.Node, c: int, rank: int) -> list[slice] | None:
         if node.op == "Slice":
@@ -572,6 +585,33 @@ class ShiftPass:
             else:
                 continue  # declined at the consumer, with its own reason
             self.result.decline(node, f"one-hot depthwise conv left as is: {reason}")
+
+
+_MAX_ROUNDS = 256
+
+
+def _refresh_shapes(graph: gs.Graph) -> None:
+    """Re-run shape inference and copy the shapes it finds onto the graph's tensors whose shape is unknown."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.graph.value_info[:]  # stale symbolic dims would otherwise be kept
+    model = ir.infer_shapes(model)
+    tensors = graph.tensors()
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        t = tensors.get(vi.name)
+        tt = vi.type.tensor_type
+        if t is None or not isinstance(t, gs.Variable) or not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        if t.shape is None or not all(isinstance(d, (int, np.integer)) for d in t.shape):
+            t.shape = dims
+            if t.dtype is None:
+                t.dtype = onnx_helper_dtype(tt.elem_type)
+
+
+def onnx_helper_dtype(elem_type: int):
+    import onnx
+
+    return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
 
 
 def _is_gather(node: gs.Node | None) -> bool:
