@@ -135,9 +135,18 @@ def _is_conv(node: gs.Node | None) -> bool:
     return node is not None and node.op == "Conv" and (node.domain or "") in ("", "ai.onnx")
 
 
+def _const(t: gs.Tensor) -> np.ndarray | None:
+    """A constant's value, seen through Identity nodes (torchscript shares equal weights that way)."""
+    node = ir.producer(t)
+    while node is not None and node.op == "Identity" and (node.domain or "") in ("", "ai.onnx"):
+        t = node.inputs[0]
+        node = ir.producer(t)
+    return ir.const_value(t)
+
+
 def _weights(node: gs.Node) -> tuple[np.ndarray | None, np.ndarray | None]:
-    w = ir.const_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    b = ir.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    w = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    b = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
     return w, b
 
 
@@ -459,9 +468,12 @@ class ShiftPass:
             self._replace_with_gather(out, new_out, idx, node.name)
             self.counts["depthwise_commuted"] += 1
 
-    def _pointwise(self, node: gs.Node) -> bool:
+    def _kernel_1x1(self, node: gs.Node) -> bool:
         w, _ = _weights(node) if _is_conv(node) else (None, None)
-        if w is None or w.ndim != 4 or w.shape[2:] != (1, 1):
+        return w is not None and w.ndim == 4 and w.shape[2:] == (1, 1)
+
+    def _pointwise(self, node: gs.Node) -> bool:
+        if not self._kernel_1x1(node):
             return False
         return not any(node.attrs.get("pads", [0])) and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
 
@@ -580,6 +592,8 @@ class ShiftPass:
                 reason = "its output is a graph output"
             elif len(users) > 1:
                 reason = f"its output has {len(users)} consumers"
+            elif _is_conv(users[0]) and self._kernel_1x1(users[0]) and any(users[0].attrs.get("pads", [0])):
+                reason = f"the 1x1 conv after it ({users[0].name!r}) has pads {list(users[0].attrs['pads'])}"
             elif not self._pointwise(users[0]):
                 reason = f"followed by {users[0].op} ({users[0].name!r}), not a 1x1 conv with zero padding"
             else:
