@@ -44,7 +44,11 @@ Where a view comes from (walking back from the 1x1 conv's input):
 
 What consumes a view:
 
-* a 1x1 conv (any group, any stride, zero padding) → AddressConv with ``strides`` of the conv;
+* a 1x1 conv (any group, any stride, zero padding) → AddressConv with ``strides`` of the conv, when
+  the view displaces something; a view that only selects/permutes channels and cannot go into the
+  weights stays a Gather in front of the ordinary Conv unless the option ``address_permutations``
+  is set (measured on ShuffleNetV2, one thread: the half-size Gather costs ~5 us per unit while the
+  AddressConv loses onnxruntime's NCHWc 1x1 conv with its fused ReLU, ~1.5x the conv's time);
 * a dense conv (group 1, any kernel) whose input is a pure, bijective permutation → the same Conv
   with its input-channel axis permuted, W'[:, src_k] = W[:, k] (no custom op).
 
@@ -340,6 +344,7 @@ class ShiftPass:
         self.graph = graph
         self.result = PassResult(self.name)
         self.opset = _default_opset(ctx.model)
+        self.address_permutations = bool(ctx.option("address_permutations", False))
         self.counts = {"address_convs": 0, "shifts_folded": 0, "permutations_to_gather": 0,
                        "weights_permuted": 0, "depthwise_commuted": 0}
         # Slice bounds computed from Shape defeat onnx's shape inference past each ShuffleNet unit; every
@@ -546,6 +551,8 @@ class ShiftPass:
             op, domain, attrs = "Conv", None, dict(conv.attrs)
             inputs = [view.source, gs.Constant(f"{conv.name}/W_perm", w2)] + list(conv.inputs[2:3])
             self.counts["weights_permuted"] += 1
+        elif view.permutation_only and not self.address_permutations:
+            return  # measured: Gather + onnxruntime's Conv beats AddressConv when nothing is displaced
         elif not pointwise:
             raise Decline(f"a {w.shape[2]}x{w.shape[3]} conv can absorb only a bijective channel permutation "
                           "(this input is shifted, scaled, sliced or read by a grouped conv)")

@@ -81,9 +81,9 @@ class Builder:
         return make_model(self.nodes, [self.x], outs, self.inits)
 
 
-def optimise(model: onnx.ModelProto):
+def optimise(model: onnx.ModelProto, **options):
     """Apply the shift pass (apply verifies on onnxruntime), then compare once more here."""
-    result, report = onnxopt.apply(model, passes=["shift"], rtol=RTOL)
+    result, report = onnxopt.apply(model, passes=["shift"], rtol=RTOL, options={"shift": options})
     assert report.verification.ok
     inp = model.graph.input[0]
     x = np.random.default_rng(1).standard_normal([d.dim_value for d in inp.type.tensor_type.shape.dim])
@@ -240,10 +240,17 @@ def test_shuffle_into_pointwise_permutes_weights():
     assert op_counts(out) == {"Conv": 1} and res.details["weights_permuted"] == 1
 
 
-def test_shuffle_into_grouped_pointwise(runtime):
+def test_shuffle_into_grouped_pointwise_keeps_a_gather_by_default():
     b = Builder(8, h=5, w=5)
     y = b.conv(b.shuffle("x", 8, 5, 5, groups=4), 8, 6, group=2)
     out, _ = optimise(b.model(y))
+    assert op_counts(out) == {"Gather": 1, "Conv": 1}
+
+
+def test_shuffle_into_grouped_pointwise_as_address_conv(runtime):
+    b = Builder(8, h=5, w=5)
+    y = b.conv(b.shuffle("x", 8, 5, 5, groups=4), 8, 6, group=2)
+    out, _ = optimise(b.model(y), address_permutations=True)
     assert op_counts(out) == {ops.ADDRESS_CONV: 1}
     address = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[3]))
     assert sorted(address[:, 0].tolist()) == list(range(8)) and not address[:, 1:].any()
@@ -271,6 +278,8 @@ def test_shuffle_split_halves(runtime):
     b.nodes.append(helper.make_node("Split", [sh, b.const(np.array([4, 4], np.int64))], ["h1", "h2"], axis=1))
     y = b.node("Concat", ["h1", b.conv("h2", 4, 4)], axis=1)
     out, _ = optimise(b.model(y))
+    assert op_counts(out) == {"Gather": 2, "Conv": 1, "Concat": 1}
+    out, _ = optimise(b.model(y), address_permutations=True)
     assert op_counts(out) == {"Gather": 1, ops.ADDRESS_CONV: 1, "Concat": 1}
 
 
@@ -350,6 +359,9 @@ def test_shufflenetv2(runtime):
     model = export(shufflenetv2(width=0.5), 64)
     out, res = optimise(model)
     counts = op_counts(out)
-    assert not {"Transpose", "Reshape", "Slice", "Shape"} & set(counts)
-    assert res.details["permutations_to_gather"] == 16 and counts[ops.ADDRESS_CONV] == 13
-    assert counts["Gather"] == 13  # the identity halves, one half-size Gather per stride-1 unit
+    assert not {"Transpose", "Reshape", "Slice", "Shape", ops.ADDRESS_CONV} & set(counts)
+    assert res.details["permutations_to_gather"] == 16 and res.details["weights_permuted"] == 5
+    assert counts["Gather"] == 26  # two half-size Gathers per stride-1 unit, in place of the shuffle
+    out, res = optimise(model, address_permutations=True)
+    counts = op_counts(out)
+    assert counts[ops.ADDRESS_CONV] == 13 and counts["Gather"] == 13
