@@ -1,0 +1,367 @@
+"""The shift pass: one case per rule of passes/shift.py's docstring, each checked on onnxruntime
+against the original model, with the custom-op library registered and with the ONNX-function fallback."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxopt
+from onnxopt.runtime import library_path, ops, session
+from onnxopt.runtime.reference import address_conv_ref
+
+from conftest import make_model
+
+RTOL = 1e-5
+
+
+@pytest.fixture(params=["library", "fallback"])
+def runtime(request, monkeypatch):
+    """Run each test once on our kernel and once on the ONNX function (library hidden)."""
+    if request.param == "library":
+        if library_path() is None:
+            pytest.skip("onnxopt was installed without its custom-op library")
+    else:
+        monkeypatch.setenv("ONNXOPT_OPS_LIBRARY", "/nonexistent")
+        assert library_path() is None
+    return request.param
+
+
+# --- tiny graph builders --------------------------------------------------------------------------
+
+class Builder:
+    def __init__(self, c: int, h: int = 7, w: int = 6, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])
+        self.c = c
+        self.count = 0
+
+    def const(self, value: np.ndarray, name: str | None = None) -> str:
+        self.count += 1
+        name = name or f"k{self.count}"
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        self.count += 1
+        out = f"t{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{op.lower()}{self.count}", **attrs))
+        return out
+
+    def shift(self, x: str, c: int, k: int = 3, scale: bool = False, bias: bool = False, taps=None,
+              pads=None, strides=(1, 1)) -> str:
+        w = np.zeros((c, 1, k, k), np.float32)
+        taps = taps if taps is not None else [divmod(i % (k * k), k) for i in range(c)]
+        for ch, (ky, kx) in enumerate(taps):
+            w[ch, 0, ky, kx] = self.rng.uniform(0.5, 1.5) if scale else 1.0
+        inputs = [x, self.const(w)]
+        if bias:
+            inputs.append(self.const(self.rng.uniform(-0.5, 0.5, c).astype(np.float32)))
+        return self.node("Conv", inputs, group=c, kernel_shape=[k, k], pads=pads or [k // 2] * 4,
+                         strides=list(strides))
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 1, group: int = 1, bias: bool = True, **attrs) -> str:
+        w = self.rng.standard_normal((cout, cin // group, k, k)).astype(np.float32)
+        inputs = [x, self.const(w)]
+        if bias:
+            inputs.append(self.const(self.rng.standard_normal(cout).astype(np.float32)))
+        return self.node("Conv", inputs, group=group, kernel_shape=[k, k], **attrs)
+
+    def shuffle(self, x: str, c: int, h: int, w: int, groups: int = 2) -> str:
+        r = self.node("Reshape", [x, self.const(np.array([1, groups, c // groups, h, w], np.int64))])
+        t = self.node("Transpose", [r], perm=[0, 2, 1, 3, 4])
+        return self.node("Reshape", [t, self.const(np.array([1, -1, h, w], np.int64))])
+
+    def model(self, *outputs: str) -> onnx.ModelProto:
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+        return make_model(self.nodes, [self.x], outs, self.inits)
+
+
+def optimise(model: onnx.ModelProto, **options):
+    """Apply the shift pass (apply verifies on onnxruntime), then compare once more here."""
+    result, report = onnxopt.apply(model, passes=["shift"], rtol=RTOL, options={"shift": options})
+    assert report.verification.ok
+    inp = model.graph.input[0]
+    x = np.random.default_rng(1).standard_normal([d.dim_value for d in inp.type.tensor_type.shape.dim])
+    feeds = {inp.name: x.astype(np.float32)}
+    want = session(model).run(None, feeds)
+    got = session(result).run(None, feeds)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * float(np.abs(b).max()))
+    return result, report.passes[0]
+
+
+def op_counts(model: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph.node)
+
+
+def declines(res) -> str:
+    return " | ".join(reason for _, reason in res.declined)
+
+
+# --- one-hot depthwise + 1x1 conv -----------------------------------------------------------------
+
+def test_shift_then_pointwise_becomes_address_conv(runtime):
+    b = Builder(9)
+    y = b.conv(b.shift("x", 9), 9, 5)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1}
+    node = out.graph.node[0]
+    assert node.domain == ops.DOMAIN and res.details["shifts_folded"] == 1
+    assert any(o.domain == ops.DOMAIN and o.version == ops.OP_VERSION for o in out.opset_import)
+    assert [(f.domain, f.name) for f in out.functions] == [(ops.DOMAIN, ops.ADDRESS_CONV)]
+    address = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == node.input[3]))
+    assert address.dtype == np.int32 and address[:, 0].tolist() == list(range(9))
+    assert address[:, 1].tolist() == [-1, -1, -1, 0, 0, 0, 1, 1, 1] and address[:, 2].tolist() == [-1, 0, 1] * 3
+
+
+def test_scale_and_bias_fold_into_the_pointwise_weights(runtime):
+    b = Builder(12)
+    y = b.conv(b.shift("x", 12, scale=True, bias=True), 12, 7, bias=False)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1} and out.graph.node[0].input[2]
+
+
+def test_five_by_five_one_hot_and_dilated_taps(runtime):
+    b = Builder(6, h=9, w=9)
+    s = b.shift("x", 6, k=5, taps=[(0, 0), (4, 4), (2, 2), (0, 4), (1, 3), (2, 0)])
+    y = b.conv(s, 6, 4)
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1}
+
+
+def test_strided_pointwise(runtime):
+    b = Builder(9, h=7, w=8)
+    y = b.conv(b.shift("x", 9), 9, 6, strides=[2, 2])
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1}
+    assert helper.get_attribute_value(next(a for a in out.graph.node[0].attribute if a.name == "strides")) == [2, 2]
+
+
+def test_grouped_pointwise(runtime):
+    b = Builder(12)
+    y = b.conv(b.shift("x", 12, scale=True, bias=True), 12, 8, group=4)
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1}
+
+
+def test_not_one_hot_is_left_alone():
+    b = Builder(9)
+    s = b.shift("x", 9)
+    b.inits[0].CopyFrom(numpy_helper.from_array(np.ones((9, 1, 3, 3), np.float32), b.inits[0].name))
+    y = b.conv(s, 9, 5)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 2} and not res.changed
+
+
+def test_two_consumers_decline():
+    b = Builder(9)
+    s = b.shift("x", 9)
+    y1, y2 = b.conv(s, 9, 5), b.conv(s, 9, 3)
+    out, res = optimise(b.model(y1, y2))
+    assert op_counts(out) == {"Conv": 3} and "2 consumers" in declines(res)
+
+
+def test_graph_output_between_is_untouched():
+    b = Builder(9)
+    s = b.shift("x", 9)
+    y = b.conv(s, 9, 5)
+    out, res = optimise(b.model(y, s))
+    assert op_counts(out) == {"Conv": 2} and "graph output" in declines(res)
+
+
+def test_relu_between_declines():
+    b = Builder(9)
+    y = b.conv(b.node("Relu", [b.shift("x", 9)]), 9, 5)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 2, "Relu": 1} and "followed by Relu" in declines(res)
+
+
+def test_padded_pointwise_declines():
+    b = Builder(9)
+    y = b.conv(b.shift("x", 9), 9, 5, pads=[1, 1, 1, 1])
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 2} and "pads" in declines(res)
+
+
+def test_size_changing_padding_declines():
+    b = Builder(9)
+    y = b.conv(b.shift("x", 9, pads=[0, 0, 0, 0]), 9, 5)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 2} and "change the spatial size" in declines(res)
+
+
+def test_strided_shift_declines():
+    b = Builder(9)
+    y = b.conv(b.shift("x", 9, strides=(2, 2)), 9, 5)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 2} and "strides" in declines(res)
+
+
+def test_chained_shifts_in_the_same_direction_compose(runtime):
+    b = Builder(3)
+    s = b.shift(b.shift("x", 3, scale=True, taps=[(0, 0), (1, 1), (2, 1)]), 3, scale=True, bias=True,
+                taps=[(0, 1), (2, 2), (2, 1)])
+    out, res = optimise(b.model(b.conv(s, 3, 4)))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1} and res.details["shifts_folded"] == 2
+
+
+def test_chained_opposite_shifts_decline():
+    b = Builder(3)
+    s = b.shift(b.shift("x", 3, taps=[(0, 0), (1, 1), (1, 1)]), 3, taps=[(2, 2), (1, 1), (1, 1)])
+    out, res = optimise(b.model(b.conv(s, 3, 4)))
+    assert op_counts(out) == {"Conv": 3} and "opposite displacements" in declines(res)
+
+
+def test_chained_shift_with_inner_bias_declines():
+    b = Builder(3)
+    s = b.shift(b.shift("x", 3, bias=True, taps=[(1, 1)] * 3), 3, taps=[(0, 0), (1, 1), (1, 1)])
+    out, res = optimise(b.model(b.conv(s, 3, 4)))
+    assert op_counts(out) == {"Conv": 3} and "zero-filled" in declines(res)
+
+
+def test_shift_then_dense_three_by_three_is_left_alone():
+    b = Builder(9)
+    y = b.conv(b.shift("x", 9), 9, 5, k=3, pads=[1, 1, 1, 1])
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 2} and "not a 1x1 conv" in declines(res)
+
+
+# --- channel permutations -------------------------------------------------------------------------
+
+def test_shuffle_into_pointwise_permutes_weights():
+    b = Builder(8, h=5, w=5)
+    y = b.conv(b.shuffle("x", 8, 5, 5), 8, 6)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 1} and res.details["weights_permuted"] == 1
+
+
+def test_shuffle_into_grouped_pointwise_keeps_a_gather_by_default():
+    b = Builder(8, h=5, w=5)
+    y = b.conv(b.shuffle("x", 8, 5, 5, groups=4), 8, 6, group=2)
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {"Gather": 1, "Conv": 1}
+
+
+def test_shuffle_into_grouped_pointwise_as_address_conv(runtime):
+    b = Builder(8, h=5, w=5)
+    y = b.conv(b.shuffle("x", 8, 5, 5, groups=4), 8, 6, group=2)
+    out, _ = optimise(b.model(y), address_permutations=True)
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1}
+    address = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[3]))
+    assert sorted(address[:, 0].tolist()) == list(range(8)) and not address[:, 1:].any()
+
+
+def test_shuffle_into_dense_three_by_three_permutes_weights():
+    b = Builder(8, h=5, w=5)
+    y = b.conv(b.shuffle("x", 8, 5, 5), 8, 4, k=3, pads=[1, 1, 1, 1])
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 1}
+
+
+def test_shuffle_then_shift_composes_into_the_address(runtime):
+    b = Builder(8, h=5, w=5)
+    y = b.conv(b.shift(b.shuffle("x", 8, 5, 5), 8, scale=True, bias=True), 8, 6)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1} and res.details["shifts_folded"] == 1
+
+
+def test_shuffle_split_halves(runtime):
+    """ShuffleNetV2's pattern: shuffle → Split; one half to a 1x1 conv, the other to a Concat."""
+    b = Builder(8, h=5, w=5)
+    sh = b.shuffle("x", 8, 5, 5)
+    b.count += 1
+    b.nodes.append(helper.make_node("Split", [sh, b.const(np.array([4, 4], np.int64))], ["h1", "h2"], axis=1))
+    y = b.node("Concat", ["h1", b.conv("h2", 4, 4)], axis=1)
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {"Gather": 2, "Conv": 1, "Concat": 1}
+    out, _ = optimise(b.model(y), address_permutations=True)
+    assert op_counts(out) == {"Gather": 1, ops.ADDRESS_CONV: 1, "Concat": 1}
+
+
+def test_shuffle_into_depthwise_then_pointwise_commutes(runtime):
+    b = Builder(8, h=6, w=6)
+    dw = b.conv(b.shuffle("x", 8, 6, 6), 8, 8, k=3, group=8, pads=[1, 1, 1, 1], strides=[2, 2])
+    out, res = optimise(b.model(b.conv(dw, 8, 6)))
+    assert op_counts(out) == {"Conv": 2} and res.details["depthwise_commuted"] == 1
+
+
+def test_channel_roll_into_pointwise():
+    b = Builder(6, h=4, w=4)
+    lo = b.node("Slice", ["x", b.const(np.array([4])), b.const(np.array([6])), b.const(np.array([1]))])
+    hi = b.node("Slice", ["x", b.const(np.array([0])), b.const(np.array([4])), b.const(np.array([1]))])
+    y = b.conv(b.node("Concat", [lo, hi], axis=1), 6, 3)
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {"Conv": 1}
+
+
+def test_spatial_roll_is_left_alone():
+    b = Builder(4, h=4, w=4)
+    lo = b.node("Slice", ["x", b.const(np.array([3])), b.const(np.array([4])), b.const(np.array([2]))])
+    hi = b.node("Slice", ["x", b.const(np.array([0])), b.const(np.array([3])), b.const(np.array([2]))])
+    y = b.conv(b.node("Concat", [lo, hi], axis=2), 4, 3)
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == op_counts(b.model(y)) and not res.changed
+
+
+def test_address_conv_macs_are_counted():
+    b = Builder(9)
+    model = b.model(b.conv(b.shift("x", 9), 9, 5))
+    _, report = onnxopt.apply(model, passes=["shift"])
+    assert report.after.macs == 9 * 5 * 7 * 6 and report.after.unknown_macs == 0
+
+
+def test_kernel_matches_reference_on_shifted_grouped_strided_input():
+    if library_path() is None:
+        pytest.skip("onnxopt was installed without its custom-op library")
+    from onnxopt.runtime.functions import address_conv_model
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    address = np.stack([rng.integers(0, 5, 8), rng.integers(-2, 3, 8), rng.integers(-2, 3, 8)], 1).astype(np.int32)
+    model = address_conv_model(x.shape, w, b, address, group=2, strides=(2, 3))
+    got = session(model).run(None, {"X": x})[0]
+    np.testing.assert_allclose(got, address_conv_ref(x, w, b, address, 2, (2, 3)), rtol=1e-5, atol=1e-5)
+
+
+# --- reference models exported from PyTorch -------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+
+
+def export(net, size):
+    from onnxopt.models import export_onnx
+
+    return export_onnx(net, torch.randn(1, 3, size, size))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"shift_scale": True, "shift_bias": True}])
+def test_shiftnet(runtime, options):
+    from onnxopt.models import shiftnet
+
+    out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32))
+    counts = op_counts(out)
+    assert counts[ops.ADDRESS_CONV] == 3 and res.details["shifts_folded"] == 3 and not res.declined
+    assert all(n.attribute[0].i > 1 for n in out.graph.node if n.op_type == "Conv" and n.input[1].endswith("shift"))
+
+
+@pytest.mark.slow
+def test_shufflenetv2(runtime):
+    from onnxopt.models import shufflenetv2
+
+    model = export(shufflenetv2(width=0.5), 64)
+    out, res = optimise(model)
+    counts = op_counts(out)
+    assert not {"Transpose", "Reshape", "Slice", "Shape", ops.ADDRESS_CONV} & set(counts)
+    assert res.details["permutations_to_gather"] == 16 and res.details["weights_permuted"] == 5
+    assert counts["Gather"] == 26  # two half-size Gathers per stride-1 unit, in place of the shuffle
+    out, res = optimise(model, address_permutations=True)
+    counts = op_counts(out)
+    assert counts[ops.ADDRESS_CONV] == 13 and counts["Gather"] == 13
