@@ -4,6 +4,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -48,6 +50,14 @@ CASES = [
     (1, 64, 64, 100, 28, 28, 1, 1),
     (3, 40, 24, 30, 2, 7, 2, 2),
     (1, 130, 130, 14, 6, 5, 2, 1),
+    # column tails of the AVX-512 kernel: 49 = 32 + 16 + 1, 196 = 6 * 32 + 4, 56 = 32 + 16 + 8,
+    # 21 = 16 + 5 with 5 rows; row tails 30 = 12 + 12 + 6
+    (1, 64, 64, 30, 7, 7, 1, 1),
+    (2, 32, 48, 20, 14, 14, 2, 1),
+    (1, 40, 40, 24, 13, 15, 1, 2),
+    (1, 16, 16, 5, 3, 7, 1, 1),
+    (1, 300, 300, 36, 9, 9, 1, 1),
+    (2, 24, 24, 16, 17, 10, 1, 3),
 ]
 
 
@@ -116,6 +126,26 @@ def test_group_must_divide_cin():
                                group=2, with_functions=False)
     with pytest.raises(Exception, match=r"Cin = 3 \(rows of address\) is not divisible by group = 2"):
         run(model, np.zeros((1, 3, 4, 4), np.float32), threads=1)
+
+
+@needs_lib
+@pytest.mark.skipif(bool(os.environ.get("ONNXOPT_GEMM_ISA")), reason="already running under a forced ISA")
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_forced_lesser_isa_passes_the_kernel_tests(isa):
+    """The AVX2 and portable micro-kernels (ONNXOPT_GEMM_ISA, read once per process) run this
+    file's kernel tests in a subprocess, so they are covered wherever the best ISA is AVX-512."""
+    info = subprocess.run([sys.executable, "-c", "import ctypes, sys; f = ctypes.CDLL(sys.argv[1]).onnxopt_ops_info; "
+                           "f.restype = ctypes.c_char_p; print(f().decode())", str(LIB)],
+                          env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True, check=True)
+    chosen = dict(kv.split("=", 1) for kv in info.stdout.strip().split(";"))["gemm"]
+    if isa == "avx2" and chosen != "avx2":
+        assert chosen == "generic"
+        pytest.skip("this CPU has no AVX2+FMA")
+    assert chosen == isa
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "kernel_matches or dynamic_spatial"],
+                          env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 def profiled_op_types(model, tmp_path, **opts):

@@ -66,9 +66,72 @@ const Fn kTable[kMR][2] = {
     {&tile<11, 1>, &tile<11, 2>},
     {&tile<12, 1>, &tile<12, 2>}};
 
+// Narrow column tail (nc <= 8 columns, nc <= mr): vectorised along the rows instead of the
+// columns.  Each k step loads the mr packed weights of A as one masked vector and multiplies it by
+// the nc broadcast inputs, so the FMAs do nc instead of mr vector operations (12 for a 1..4-column
+// tail of a 12-row tile through tile<12, 1>).  U interleaved partial sums per column hide the FMA
+// latency; they are added in a fixed order at the end (results do not depend on anything but the
+// shape).
+template <int NC>
+void narrow(int K, const float* a, int mr, const float* b, const float* bias, float* c,
+            std::ptrdiff_t ldc) {
+  constexpr int U = NC == 1 ? 8 : NC <= 3 ? 4 : 2;
+  const __mmask16 m = static_cast<__mmask16>((1u << mr) - 1u);
+  __m512 acc[U][NC];
+#pragma GCC unroll 8
+  for (int u = 0; u < U; ++u) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) acc[u][j] = _mm512_setzero_ps();
+  }
+  if (bias) {
+    const __m512 bv = _mm512_maskz_loadu_ps(m, bias);
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) acc[0][j] = bv;
+  }
+  int k = 0;
+  for (; k + U <= K; k += U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      const __m512 av = _mm512_maskz_loadu_ps(m, a + (k + u) * mr);
+#pragma GCC unroll 8
+      for (int j = 0; j < NC; ++j)
+        acc[u][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[(k + u) * kNR + j]), acc[u][j]);
+    }
+  }
+  for (; k < K; ++k) {
+    const __m512 av = _mm512_maskz_loadu_ps(m, a + k * mr);
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) acc[0][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[k * kNR + j]), acc[0][j]);
+  }
+  alignas(64) float out[NC][16];
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) {
+    __m512 s = acc[0][j];
+#pragma GCC unroll 8
+    for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[u][j]);
+    _mm512_store_ps(out[j], s);
+  }
+  for (int r = 0; r < mr; ++r) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) c[r * ldc + j] = out[j][r];
+  }
+}
+
+using NarrowFn = void (*)(int, const float*, int, const float*, const float*, float*, std::ptrdiff_t);
+const NarrowFn kNarrow[8] = {&narrow<1>, &narrow<2>, &narrow<3>, &narrow<4>,
+                             &narrow<5>, &narrow<6>, &narrow<7>, &narrow<8>};
+
+// Full 16-column vectors go through tile<>; a short rest (<= 8 columns, and fewer than the rows)
+// through narrow<>, so tails such as 7x7 = 49 = 32 + 16 + 1 positions cost 1 column, not 16.
 void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
                    std::ptrdiff_t ldc) {
-  kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc);
+  const int full = nc / 16, rest = nc % 16;
+  if (rest == 0 || rest > 8 || rest > mr) {
+    kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc);
+    return;
+  }
+  if (full > 0) kTable[mr - 1][full - 1](K, a, b, 16 * full, bias, c, ldc);
+  kNarrow[rest - 1](K, a, mr, b + 16 * full, bias, c + 16 * full, ldc);
 }
 
 __mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
