@@ -140,13 +140,80 @@ __mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
   return static_cast<__mmask16>(((1u << to) - 1u) & ~((1u << from) - 1u));
 }
 
-void pack(const PackJob& job) {
+void pack_runs(const PackJob& job) {
   pack_block(job, [](float* dst, const float* src, int n, int lo, int hi) {
     for (int t = 0; t < n; t += 16) {
       const __m512 v = _mm512_maskz_loadu_ps(bits(lo - t, hi - t), src + t);
       _mm512_mask_storeu_ps(dst + t, bits(0, n - t), v);
     }
   });
+}
+
+// Panels whose lane coordinates are worked out together (stack arrays below: 3 KiB).
+constexpr int kChunk = 8;
+
+// Vectorised gather: each 16-position half of a panel knows its lanes' input row i*stride_h,
+// column j*stride_w and flat index (worked out once per block of panels); per channel, two
+// unsigned compares against the image size give the lanes inside the image, and one masked load
+// (stride 1: the 16 sources are consecutive in memory, row ends included, since out_width ==
+// width) or one masked gather (other strides) fills the 16 columns, zeros elsewhere.  Panels are
+// written front to back, whole 64-byte vectors.
+void pack(const PackJob& job) {
+  const std::int64_t limit = std::int64_t{1} << 30;
+  if (job.nr != kNR || job.height * job.width >= limit || job.stride_h * job.height >= limit ||
+      job.stride_w * job.width >= limit) {
+    pack_runs(job);
+    return;
+  }
+  const std::int64_t plane = job.height * job.width;
+  const std::int64_t wo = job.out_width;
+  const bool flat = job.stride_h == 1 && job.stride_w == 1;
+  const std::int64_t panels = (job.cols + kNR - 1) / kNR;
+  const std::int64_t panel_stride = job.k * kNR;
+  const __m512i height = _mm512_set1_epi32(static_cast<int>(job.height));
+  const __m512i width = _mm512_set1_epi32(static_cast<int>(job.width));
+  for (std::int64_t q0 = 0; q0 < panels; q0 += kChunk) {
+    const int nq = static_cast<int>(panels - q0 < kChunk ? panels - q0 : kChunk);
+    alignas(64) std::int32_t rows[kChunk][2][16], cols[kChunk][2][16], index[kChunk][2][16];
+    __mmask16 valid[kChunk][2];
+    std::int64_t first[kChunk][2];
+    for (int q = 0; q < nq; ++q) {
+      for (int h = 0; h < 2; ++h) {
+        const std::int64_t c0 = (q0 + q) * kNR + 16 * h;
+        first[q][h] = job.p0 + c0;
+        const std::int64_t n = job.cols - c0;
+        valid[q][h] = n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
+        for (int t = 0; t < 16; ++t) {
+          const std::int64_t p = job.p0 + c0 + t;
+          const std::int64_t i = p / wo, j = p - i * wo;
+          rows[q][h][t] = static_cast<std::int32_t>(i * job.stride_h);
+          cols[q][h][t] = static_cast<std::int32_t>(j * job.stride_w);
+          index[q][h][t] = static_cast<std::int32_t>(i * job.stride_h * job.width + j * job.stride_w);
+        }
+      }
+    }
+    float* out = job.packed + q0 * panel_stride;
+    for (std::int64_t kk = 0; kk < job.k; ++kk) {
+      const std::int32_t* a = job.address + 3 * kk;
+      const __m512i dy = _mm512_set1_epi32(a[1]), dx = _mm512_set1_epi32(a[2]);
+      const float* image = job.image + a[0] * plane;
+      const std::int64_t shift = static_cast<std::int64_t>(a[1]) * job.width + a[2];
+      float* dst = out + kk * kNR;
+      for (int q = 0; q < nq; ++q) {
+        for (int h = 0; h < 2; ++h) {
+          const __m512i y = _mm512_add_epi32(_mm512_load_si512(rows[q][h]), dy);
+          const __m512i x = _mm512_add_epi32(_mm512_load_si512(cols[q][h]), dx);
+          const __mmask16 m = valid[q][h] & _mm512_cmplt_epu32_mask(y, height) & _mm512_cmplt_epu32_mask(x, width);
+          __m512 v = _mm512_setzero_ps();
+          if (m) {
+            v = flat ? _mm512_maskz_loadu_ps(m, image + (first[q][h] + shift))
+                     : _mm512_mask_i32gather_ps(v, m, _mm512_load_si512(index[q][h]), image + shift, 4);
+          }
+          _mm512_storeu_ps(dst + q * panel_stride + 16 * h, v);
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
