@@ -102,6 +102,20 @@ def test_dynamic_spatial_size_and_threads():
 
 
 @needs_lib
+@pytest.mark.parametrize("shape", [(1, 64, 200, 7, 7, 1), (1, 96, 130, 9, 11, 2), (1, 32, 256, 3, 3, 1)])
+def test_single_block_split_over_output_channels(shape):
+    """One image, one group, one block: packed once, output channels split between threads."""
+    n, cin, cout, h, w, stride = shape
+    rng = np.random.default_rng(5)
+    x, weight, bias, address = random_case(rng, n, cin, cin, cout, h, w, 1, stride)
+    model = address_conv_model(x.shape, weight, bias, address, 1, (stride, stride))
+    y1 = run(model, x, threads=1)
+    y2 = run(model, x, threads=2)
+    assert np.array_equal(y1, y2), "1 and 2 threads must give bit-identical results"
+    assert rel_err(y1, address_conv_ref(x, weight, bias, address, 1, (stride, stride))) < 1e-5
+
+
+@needs_lib
 @pytest.mark.parametrize("address, message", [
     (np.array([[0, 0, 0], [9, 0, 0]], np.int32), "address[1, 0] = 9 is not a channel of X"),
     (np.array([[0, 0, 0], [-1, 1, 1]], np.int32), "address[1, 0] = -1 is not a channel of X"),
@@ -143,7 +157,7 @@ def test_forced_lesser_isa_passes_the_kernel_tests(isa):
         pytest.skip("this CPU has no AVX2+FMA")
     assert chosen == isa
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "kernel_matches or dynamic_spatial"],
+                           "-k", "kernel_matches or dynamic_spatial or single_block"],
                           env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 

@@ -8,9 +8,10 @@ namespace {
 // The packed input block of one work item stays within this many bytes (half of a 1 MiB L2):
 // its panels are re-read once per row block of the weights.
 constexpr std::int64_t kPackedBudget = 512 * 1024;
-// Below this many work items the output channels are split too, so that a second thread has
-// work (each split re-packs its block: cheap next to the GEMM while a split keeps >= 64 rows).
-constexpr std::int64_t kMinItems = 2;
+// When there is a single block (one image, one group, one block of positions) its output
+// channels are split too, so that a second thread has work; the block is packed once, before
+// the splits run (a split keeps >= 64 rows).
+constexpr std::int64_t kSplits = 2;
 constexpr std::int64_t kMinRowsPerSplit = 64;
 
 std::int64_t round_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b * b; }
@@ -61,44 +62,70 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   // Output-channel splits when there are too few blocks to keep the threads busy.
   std::int64_t splits = 1;
   const std::int64_t base_items = s.batch * s.group * blocks;
-  while (base_items * splits < kMinItems && m_per_group / (splits * 2) >= kMinRowsPerSplit) splits *= 2;
+  while (base_items == 1 && splits < kSplits && m_per_group / (splits * 2) >= kMinRowsPerSplit) splits *= 2;
   const std::int64_t split_rows = round_up(div_up(m_per_group, splits), isa.mr);
   splits = div_up(m_per_group, split_rows);
 
   const std::int64_t plane = s.height * s.width;
-  const std::size_t items = static_cast<std::size_t>(base_items * splits);
-  parallel_for(items, [&](std::size_t item) {
+  // Packs output positions [p0, p0 + nc) of image n, group g into `dst` (panels of [k][nr]).
+  auto pack = [&](std::int64_t n, std::int64_t g, std::int64_t p0, std::int64_t nc, float* dst) {
+    thread_local std::vector<PackRun> runs;
+    runs.resize(static_cast<std::size_t>(pack_runs_capacity(nc, isa.nr)));
+    PackJob job{x + n * s.src_channels * plane, address + 3 * g * k, k, s.height, s.width, s.out_width(),
+                s.stride_h, s.stride_w, p0, nc, isa.nr, dst, runs.data()};
+    isa.pack(job);
+  };
+  // Output rows [m_begin, m_end) of group g times the packed positions [p0, p0 + nc).
+  auto multiply = [&](std::int64_t n, std::int64_t g, std::int64_t p0, std::int64_t nc, const float* packed,
+                      std::int64_t m_begin, std::int64_t m_end) {
+    const std::int64_t panels = div_up(nc, isa.nr);
+    float* out = y + (n * s.out_channels) * positions + p0;
+    for (std::int64_t m = m_begin; m < m_end; m += isa.mr) {
+      const std::int64_t row = g * m_per_group + m;
+      const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
+      const float* a = weights.block(row);
+      for (std::int64_t q = 0; q < panels; ++q) {
+        const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
+        isa.tile(static_cast<int>(k), a, mr, packed + q * k * isa.nr, cols_here,
+                 bias ? bias + row : nullptr, out + row * positions + q * isa.nr, positions);
+      }
+    }
+  };
+
+  if (base_items == 1 && splits > 1) {
+    // One block in all (one image, one group): pack it once, in parallel parts of whole panels,
+    // into the calling thread's buffer, then multiply the row splits in parallel.  With one
+    // thread nothing is packed twice; the result does not depend on the split.
+    const std::int64_t panels = div_up(positions, isa.nr);
+    thread_local std::vector<float> shared;
+    shared.resize(static_cast<std::size_t>(panels * k * isa.nr));
+    float* packed = shared.data();
+    const std::int64_t parts = std::min<std::int64_t>(splits, panels);
+    const std::int64_t per_part = div_up(panels, parts);
+    parallel_for(static_cast<std::size_t>(div_up(panels, per_part)), [&](std::size_t part) {
+      const std::int64_t q0 = static_cast<std::int64_t>(part) * per_part;
+      const std::int64_t p0 = q0 * isa.nr;
+      pack(0, 0, p0, std::min(per_part * isa.nr, positions - p0), packed + q0 * k * isa.nr);
+    });
+    parallel_for(static_cast<std::size_t>(splits), [&](std::size_t split) {
+      const std::int64_t m_begin = static_cast<std::int64_t>(split) * split_rows;
+      multiply(0, 0, 0, positions, packed, m_begin, std::min(m_per_group, m_begin + split_rows));
+    });
+    return;
+  }
+
+  parallel_for(static_cast<std::size_t>(base_items), [&](std::size_t item) {
     std::int64_t rest = static_cast<std::int64_t>(item);
-    const std::int64_t split = rest % splits;
-    rest /= splits;
     const std::int64_t b = rest % blocks;
     rest /= blocks;
     const std::int64_t g = rest % s.group;
     const std::int64_t n = rest / s.group;
     const std::int64_t p0 = b * cols;
     const std::int64_t nc = std::min(cols, positions - p0);
-    const std::int64_t panels = div_up(nc, isa.nr);
-
     thread_local std::vector<float> packed;
-    thread_local std::vector<PackRun> runs;
-    packed.resize(static_cast<std::size_t>(panels * k * isa.nr));
-    runs.resize(static_cast<std::size_t>(pack_runs_capacity(nc, isa.nr)));
-    PackJob job{x + n * s.src_channels * plane, address + 3 * g * k, k, s.height, s.width, s.out_width(),
-                s.stride_h, s.stride_w, p0, nc, isa.nr, packed.data(), runs.data()};
-    isa.pack(job);
-
-    float* out = y + (n * s.out_channels) * positions + p0;
-    const std::int64_t m_end = std::min(m_per_group, (split + 1) * split_rows);
-    for (std::int64_t m = split * split_rows; m < m_end; m += isa.mr) {
-      const std::int64_t row = g * m_per_group + m;
-      const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
-      const float* a = weights.block(row);
-      for (std::int64_t q = 0; q < panels; ++q) {
-        const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
-        isa.tile(static_cast<int>(k), a, mr, packed.data() + q * k * isa.nr, cols_here,
-                 bias ? bias + row : nullptr, out + row * positions + q * isa.nr, positions);
-      }
-    }
+    packed.resize(static_cast<std::size_t>(div_up(nc, isa.nr) * k * isa.nr));
+    pack(n, g, p0, nc, packed.data());
+    multiply(n, g, p0, nc, packed.data(), 0, m_per_group);
   });
 }
 

@@ -66,7 +66,7 @@ const Fn kTable[kMR][2] = {
     {&tile<11, 1>, &tile<11, 2>},
     {&tile<12, 1>, &tile<12, 2>}};
 
-// Narrow column tail (nc <= 8 columns, nc <= mr): vectorised along the rows instead of the
+// Narrow column tail (nc <= 8 columns): vectorised along the rows instead of the
 // columns.  Each k step loads the mr packed weights of A as one masked vector and multiplies it by
 // the nc broadcast inputs, so the FMAs do nc instead of mr vector operations (12 for a 1..4-column
 // tail of a 12-row tile through tile<12, 1>).  U interleaved partial sums per column hide the FMA
@@ -121,12 +121,13 @@ using NarrowFn = void (*)(int, const float*, int, const float*, const float*, fl
 const NarrowFn kNarrow[8] = {&narrow<1>, &narrow<2>, &narrow<3>, &narrow<4>,
                              &narrow<5>, &narrow<6>, &narrow<7>, &narrow<8>};
 
-// Full 16-column vectors go through tile<>; a short rest (<= 8 columns, and fewer than the rows)
-// through narrow<>, so tails such as 7x7 = 49 = 32 + 16 + 1 positions cost 1 column, not 16.
+// Full 16-column vectors go through tile<>; a short rest (<= 8 columns) through narrow<>, so
+// tails such as 7x7 = 49 = 32 + 16 + 1 positions cost 1 column, not 16.  The choice depends on
+// nc only (not on mr), so how the rows are split never changes how an output is summed.
 void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
                    std::ptrdiff_t ldc) {
   const int full = nc / 16, rest = nc % 16;
-  if (rest == 0 || rest > 8 || rest > mr) {
+  if (rest == 0 || rest > 8) {
     kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc);
     return;
   }
