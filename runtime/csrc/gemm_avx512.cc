@@ -150,18 +150,18 @@ void pack_runs(const PackJob& job) {
   });
 }
 
-// Panels whose lane coordinates are worked out together (stack arrays below: 3 KiB).
-constexpr int kChunk = 8;
+// 16-position vectors whose lane coordinates are worked out together (stack arrays: 3 KiB).
+constexpr int kChunk = 16;
 
-// Vectorised gather: each 16-position half of a panel knows its lanes' input row i*stride_h,
-// column j*stride_w and flat index (worked out once per block of panels); per channel, two
-// unsigned compares against the image size give the lanes inside the image, and one masked load
-// (stride 1: the 16 sources are consecutive in memory, row ends included, since out_width ==
-// width) or one masked gather (other strides) fills the 16 columns, zeros elsewhere.  Panels are
-// written front to back, whole 64-byte vectors.
+// Vectorised gather: each 16-position vector of a panel knows its lanes' input row
+// i*stride_h, column j*stride_w and flat index (worked out once per chunk of vectors); per
+// channel, two unsigned compares against the image size give the lanes inside the image, and one
+// masked load (stride 1: the 16 sources are consecutive in memory, row ends included, since
+// out_width == width) or one masked gather (other strides) fills the 16 columns, zeros elsewhere.
+// Whole 64-byte vectors are written.  Any panel width that is a multiple of 16.
 void pack(const PackJob& job) {
   const std::int64_t limit = std::int64_t{1} << 30;
-  if (job.nr != kNR || job.height * job.width >= limit || job.stride_h * job.height >= limit ||
+  if (job.nr % 16 != 0 || job.height * job.width >= limit || job.stride_h * job.height >= limit ||
       job.stride_w * job.width >= limit) {
     pack_runs(job);
     return;
@@ -169,58 +169,118 @@ void pack(const PackJob& job) {
   const std::int64_t plane = job.height * job.width;
   const std::int64_t wo = job.out_width;
   const bool flat = job.stride_h == 1 && job.stride_w == 1;
-  const std::int64_t panels = (job.cols + kNR - 1) / kNR;
-  const std::int64_t panel_stride = job.k * kNR;
+  const std::int64_t per_panel = job.nr / 16;
+  const std::int64_t vectors = (job.cols + job.nr - 1) / job.nr * per_panel;
+  const std::int64_t panel_stride = job.k * job.nr;
   const __m512i height = _mm512_set1_epi32(static_cast<int>(job.height));
   const __m512i width = _mm512_set1_epi32(static_cast<int>(job.width));
-  for (std::int64_t q0 = 0; q0 < panels; q0 += kChunk) {
-    const int nq = static_cast<int>(panels - q0 < kChunk ? panels - q0 : kChunk);
-    alignas(64) std::int32_t rows[kChunk][2][16], cols[kChunk][2][16], index[kChunk][2][16];
-    __mmask16 valid[kChunk][2];
-    std::int64_t first[kChunk][2];
-    for (int q = 0; q < nq; ++q) {
-      for (int h = 0; h < 2; ++h) {
-        const std::int64_t c0 = (q0 + q) * kNR + 16 * h;
-        first[q][h] = job.p0 + c0;
-        const std::int64_t n = job.cols - c0;
-        valid[q][h] = n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
-        for (int t = 0; t < 16; ++t) {
-          const std::int64_t p = job.p0 + c0 + t;
-          const std::int64_t i = p / wo, j = p - i * wo;
-          rows[q][h][t] = static_cast<std::int32_t>(i * job.stride_h);
-          cols[q][h][t] = static_cast<std::int32_t>(j * job.stride_w);
-          index[q][h][t] = static_cast<std::int32_t>(i * job.stride_h * job.width + j * job.stride_w);
-        }
+  for (std::int64_t v0 = 0; v0 < vectors; v0 += kChunk) {
+    const int nv = static_cast<int>(vectors - v0 < kChunk ? vectors - v0 : kChunk);
+    alignas(64) std::int32_t rows[kChunk][16], cols[kChunk][16], index[kChunk][16];
+    __mmask16 valid[kChunk];
+    std::int64_t first[kChunk], offset[kChunk];
+    for (int v = 0; v < nv; ++v) {
+      const std::int64_t c0 = (v0 + v) * 16;
+      first[v] = job.p0 + c0;
+      offset[v] = (v0 + v) / per_panel * panel_stride + (v0 + v) % per_panel * 16;
+      const std::int64_t n = job.cols - c0;
+      valid[v] = n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
+      for (int t = 0; t < 16; ++t) {
+        const std::int64_t p = job.p0 + c0 + t;
+        const std::int64_t i = p / wo, j = p - i * wo;
+        rows[v][t] = static_cast<std::int32_t>(i * job.stride_h);
+        cols[v][t] = static_cast<std::int32_t>(j * job.stride_w);
+        index[v][t] = static_cast<std::int32_t>(i * job.stride_h * job.width + j * job.stride_w);
       }
     }
-    float* out = job.packed + q0 * panel_stride;
     for (std::int64_t kk = 0; kk < job.k; ++kk) {
       const std::int32_t* a = job.address + 3 * kk;
       const __m512i dy = _mm512_set1_epi32(a[1]), dx = _mm512_set1_epi32(a[2]);
       const float* image = job.image + a[0] * plane;
       const std::int64_t shift = static_cast<std::int64_t>(a[1]) * job.width + a[2];
-      float* dst = out + kk * kNR;
-      for (int q = 0; q < nq; ++q) {
-        for (int h = 0; h < 2; ++h) {
-          const __m512i y = _mm512_add_epi32(_mm512_load_si512(rows[q][h]), dy);
-          const __m512i x = _mm512_add_epi32(_mm512_load_si512(cols[q][h]), dx);
-          const __mmask16 m = valid[q][h] & _mm512_cmplt_epu32_mask(y, height) & _mm512_cmplt_epu32_mask(x, width);
-          __m512 v = _mm512_setzero_ps();
-          if (m) {
-            v = flat ? _mm512_maskz_loadu_ps(m, image + (first[q][h] + shift))
-                     : _mm512_mask_i32gather_ps(v, m, _mm512_load_si512(index[q][h]), image + shift, 4);
-          }
-          _mm512_storeu_ps(dst + q * panel_stride + 16 * h, v);
+      float* dst = job.packed + kk * job.nr;
+      for (int v = 0; v < nv; ++v) {
+        const __m512i y = _mm512_add_epi32(_mm512_load_si512(rows[v]), dy);
+        const __m512i x = _mm512_add_epi32(_mm512_load_si512(cols[v]), dx);
+        const __mmask16 m = valid[v] & _mm512_cmplt_epu32_mask(y, height) & _mm512_cmplt_epu32_mask(x, width);
+        __m512 val = _mm512_setzero_ps();
+        if (m) {
+          val = flat ? _mm512_maskz_loadu_ps(m, image + (first[v] + shift))
+                     : _mm512_mask_i32gather_ps(val, m, _mm512_load_si512(index[v]), image + shift, 4);
         }
+        _mm512_storeu_ps(dst + offset[v], val);
       }
     }
   }
+}
+
+// Channel-vectorised tile (see ChannelGemm in gemm.h): R positions x 32 channels, the same
+// register budget as tile<12, 2> (up to 28 accumulators), so 49 positions are 13 + 12 + 12 + 12
+// rows with no wasted lanes.  The transposed result goes through a small buffer: for each channel
+// one gather of its R values and one store of R consecutive outputs.
+constexpr int kRows = 14;
+constexpr int kNW = 32;
+
+template <int R>
+void ctile(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, const float* bias, float* c,
+           std::ptrdiff_t ldc) {
+  __m512 acc[R][2];
+  __m512 init[2];
+  const __mmask16 cm0 = nch >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nch) - 1u);
+  const __mmask16 cm1 = nch >= 32 ? static_cast<__mmask16>(0xFFFF) : nch <= 16 ? 0 : static_cast<__mmask16>((1u << (nch - 16)) - 1u);
+  init[0] = bias ? _mm512_maskz_loadu_ps(cm0, bias) : _mm512_setzero_ps();
+  init[1] = bias ? _mm512_maskz_loadu_ps(cm1, bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = init[0];
+    acc[r][1] = init[1];
+  }
+#pragma GCC unroll 2
+  for (int k = 0; k < K; ++k) {
+    const __m512 w0 = _mm512_loadu_ps(w);
+    const __m512 w1 = _mm512_loadu_ps(w + 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 br = _mm512_set1_ps(b[r]);
+      acc[r][0] = _mm512_fmadd_ps(br, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(br, w1, acc[r][1]);
+    }
+    w += kNW;
+    b += ldb;
+  }
+  alignas(64) float buf[R][kNW];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    _mm512_store_ps(buf[r], acc[r][0]);
+    _mm512_store_ps(buf[r] + 16, acc[r][1]);
+  }
+  const __mmask16 rm = static_cast<__mmask16>((1u << R) - 1u);
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(kNW));
+  for (int ch = 0; ch < nch; ++ch) {
+    const __m512 col = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rm, idx, &buf[0][ch], 4);
+    _mm512_mask_storeu_ps(c + ch * ldc, rm, col);
+  }
+}
+
+using CFn = void (*)(int, const float*, int, const float*, std::ptrdiff_t, const float*, float*, std::ptrdiff_t);
+const CFn kCTable[kRows] = {&ctile<1>, &ctile<2>, &ctile<3>,  &ctile<4>,  &ctile<5>,  &ctile<6>,  &ctile<7>,
+                            &ctile<8>, &ctile<9>, &ctile<10>, &ctile<11>, &ctile<12>, &ctile<13>, &ctile<14>};
+
+void ctile_dispatch(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows, const float* bias,
+                    float* c, std::ptrdiff_t ldc) {
+  kCTable[rows - 1](K, w, nch, b, ldb, bias, c, ldc);
 }
 
 }  // namespace
 
 const GemmIsa& gemm_isa_avx512() {
   static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack};
+  return isa;
+}
+
+const ChannelGemm& gemm_channel_avx512() {
+  static const ChannelGemm isa{"avx512f", kRows, kNW, &ctile_dispatch};
   return isa;
 }
 
