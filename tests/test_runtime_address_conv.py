@@ -93,6 +93,18 @@ def test_kernel_matches_reference_and_function(case):
 
 
 @needs_lib
+@pytest.mark.parametrize("strides", [(2, 2), (1, 2), (2, 1), (3, 2), (2, 3)])
+@pytest.mark.parametrize("hw", [(9, 70), (13, 1), (6, 33), (21, 17)])
+def test_strides_and_large_displacements(strides, hw):
+    """Width strides 1/2/3 take different packing paths; displacements reach past the borders."""
+    rng = np.random.default_rng(hash((strides, hw)) % 2**32)
+    x, weight, bias, address = random_case(rng, 2, 12, 20, 24, *hw, 1, strides[0], max_d=5)
+    model = address_conv_model(x.shape, weight, bias, address, 1, strides)
+    ref = address_conv_ref(x, weight, bias, address, 1, strides)
+    assert rel_err(run(model, x, threads=1), ref) < 1e-5
+
+
+@needs_lib
 def test_dynamic_spatial_size_and_threads():
     rng = np.random.default_rng(7)
     x, weight, bias, address = random_case(rng, 3, 48, 64, 96, 21, 19, 2, 1)
@@ -163,7 +175,7 @@ def test_forced_lesser_isa_passes_the_kernel_tests(isa):
         pytest.skip("this CPU has no AVX2+FMA")
     assert chosen == isa
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "kernel_matches or dynamic_spatial or single_block"],
+                           "-k", "kernel_matches or dynamic_spatial or single_block or strides_and"],
                           env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 

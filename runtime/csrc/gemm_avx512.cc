@@ -153,6 +153,77 @@ void pack_runs(const PackJob& job) {
 // 16-position vectors whose lane coordinates are worked out together (stack arrays: 3 KiB).
 constexpr int kChunk = 16;
 
+// Stride 2 along the width: instead of one 16-lane gather per vector, each output row segment
+// is de-interleaved from two consecutive input vectors (one permute) into a small buffer that
+// holds a chunk of positions in order, which is then copied into the panels.
+void pack_stride2(const PackJob& job) {
+  const std::int64_t plane = job.height * job.width;
+  const std::int64_t wo = job.out_width;
+  const std::int64_t per_panel = job.nr / 16;
+  const std::int64_t vectors = (job.cols + job.nr - 1) / job.nr * per_panel;
+  const std::int64_t panel_stride = job.k * job.nr;
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i even = _mm512_add_epi32(iota, iota);
+  const __m512i width = _mm512_set1_epi32(static_cast<int>(job.width));
+  struct Segment {
+    std::int64_t row;  // output row i * stride_h
+    std::int32_t j, count, at;  // first output column, length, place in the buffer
+  };
+  for (std::int64_t v0 = 0; v0 < vectors; v0 += kChunk) {
+    const int nv = static_cast<int>(vectors - v0 < kChunk ? vectors - v0 : kChunk);
+    const std::int64_t c0 = v0 * 16;
+    const std::int64_t c1 = job.cols < c0 + 16 * nv ? job.cols : c0 + 16 * nv;
+    __mmask16 valid[kChunk];
+    std::int64_t offset[kChunk];
+    for (int v = 0; v < nv; ++v) {
+      const std::int64_t n = job.cols - (c0 + 16 * v);
+      valid[v] = n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
+      offset[v] = (v0 + v) / per_panel * panel_stride + (v0 + v) % per_panel * 16;
+    }
+    Segment segs[16 * kChunk];
+    int nseg = 0;
+    for (std::int64_t c = c0; c < c1;) {
+      const std::int64_t p = job.p0 + c;
+      const std::int64_t i = p / wo, j = p - i * wo;
+      const std::int64_t n = wo - j < c1 - c ? wo - j : c1 - c;
+      segs[nseg++] = Segment{i * job.stride_h, static_cast<std::int32_t>(j), static_cast<std::int32_t>(n),
+                             static_cast<std::int32_t>(c - c0)};
+      c += n;
+    }
+    alignas(64) float buf[16 * kChunk + 16];
+    for (std::int64_t kk = 0; kk < job.k; ++kk) {
+      const std::int32_t* a = job.address + 3 * kk;
+      const std::int64_t dy = a[1], dx = a[2];
+      const float* image = job.image + a[0] * plane;
+      for (int q = 0; q < nseg; ++q) {
+        const Segment& sg = segs[q];
+        const std::int64_t y = sg.row + dy;
+        float* out = buf + sg.at;
+        if (y < 0 || y >= job.height) {
+          for (int t = 0; t < sg.count; t += 16) _mm512_storeu_ps(out + t, _mm512_setzero_ps());
+          continue;
+        }
+        const float* row = image + y * job.width;
+        for (int t = 0; t < sg.count; t += 16) {
+          const std::int64_t x0 = 2 * (sg.j + t) + dx;  // input column of lane 0
+          if (x0 + 32 <= 0 || x0 >= job.width) {
+            _mm512_storeu_ps(out + t, _mm512_setzero_ps());
+            continue;
+          }
+          const __m512i x = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(x0)));
+          const __mmask16 m0 = _mm512_cmplt_epu32_mask(x, width);
+          const __mmask16 m1 = _mm512_cmplt_epu32_mask(_mm512_add_epi32(x, _mm512_set1_epi32(16)), width);
+          const __m512 lo = _mm512_maskz_loadu_ps(m0, row + x0);
+          const __m512 hi = _mm512_maskz_loadu_ps(m1, row + x0 + 16);
+          _mm512_storeu_ps(out + t, _mm512_permutex2var_ps(lo, even, hi));
+        }
+      }
+      float* dst = job.packed + kk * job.nr;
+      for (int v = 0; v < nv; ++v) _mm512_storeu_ps(dst + offset[v], _mm512_maskz_loadu_ps(valid[v], buf + 16 * v));
+    }
+  }
+}
+
 // Vectorised gather: each 16-position vector of a panel knows its lanes' input row
 // i*stride_h, column j*stride_w and flat index (worked out once per chunk of vectors); per
 // channel, two unsigned compares against the image size give the lanes inside the image, and one
@@ -164,6 +235,10 @@ void pack(const PackJob& job) {
   if (job.nr % 16 != 0 || job.height * job.width >= limit || job.stride_h * job.height >= limit ||
       job.stride_w * job.width >= limit) {
     pack_runs(job);
+    return;
+  }
+  if (job.stride_w == 2) {
+    pack_stride2(job);
     return;
   }
   const std::int64_t plane = job.height * job.width;
