@@ -120,7 +120,8 @@ def test_dynamic_spatial_size_and_threads():
 
 
 @needs_lib
-@pytest.mark.parametrize("shape", [(1, 64, 200, 7, 7, 1), (1, 96, 130, 9, 11, 2), (1, 32, 256, 3, 3, 1)])
+@pytest.mark.parametrize("shape", [(1, 64, 200, 7, 7, 1), (1, 96, 130, 9, 11, 2), (1, 32, 256, 3, 3, 1),
+                                   (1, 64, 200, 10, 10, 1), (1, 48, 150, 27, 25, 2)])
 def test_single_block_split_over_output_channels(shape):
     """One image, one group, one block: packed once, output channels split between threads."""
     n, cin, cout, h, w, stride = shape

@@ -45,7 +45,8 @@ void PackedWeights::ensure_channel_panels(const ChannelGemm& ch) const {
     const std::int64_t panels = div_up(per_group, ch.nw);
     c.nw = ch.nw;
     c.per_group = panels;
-    c.data.assign(static_cast<std::size_t>(group_ * panels * k_ * ch.nw), 0.0f);
+    // + nw: a tile for channels [m, m + n) of a panel reads nw weights from m on
+    c.data.assign(static_cast<std::size_t>(group_ * panels * k_ * ch.nw + ch.nw), 0.0f);
     for (std::int64_t g = 0; g < group_; ++g) {
       for (std::int64_t m = 0; m < per_group; ++m) {
         const std::int64_t m0 = m / mr_ * mr_, r = m - m0;
@@ -86,7 +87,10 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   // over all positions of one image at once (one panel of round_up(positions, 16) columns).
   const bool by_channels = channel && positions < kChannelTilesBelow && positions % isa.nr != 0 &&
                            m_per_group >= channel->nw / 2;
-  if (by_channels) weights.ensure_channel_panels(*channel);
+  // Otherwise a short column rest (196 = 6 * 32 + 4) uses them for its few columns.
+  const bool channel_tail = channel && !by_channels && positions % isa.nr != 0 && positions % isa.nr <= 8 &&
+                            channel->rows >= 8;
+  if (by_channels || channel_tail) weights.ensure_channel_panels(*channel);
   const std::int64_t nr = by_channels ? round_up(positions, 16) : isa.nr;
   const std::int64_t mstep = by_channels ? channel->nw : isa.mr;
 
@@ -133,7 +137,21 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
       }
       return;
     }
-    const std::int64_t panels = div_up(nc, nr);
+    // A rest of <= 8 columns in the last panel goes through channel tiles (all lanes used, and
+    // one B row read per 32 output channels instead of per 12); same sums, same order.
+    const std::int64_t rest = channel_tail ? nc % nr : 0;
+    const std::int64_t panels = div_up(nc - rest, nr);
+    if (rest > 0) {
+      const float* tail = packed + panels * k * nr;
+      for (std::int64_t m = m_begin; m < m_end;) {
+        const std::int64_t nch = std::min(m_end - m, channel->nw - m % channel->nw);
+        const std::int64_t row = g * m_per_group + m;
+        channel->tile(static_cast<int>(k), weights.channel_panel(g, m - m % channel->nw) + m % channel->nw,
+                      static_cast<int>(nch), tail, nr, static_cast<int>(rest), bias ? bias + row : nullptr,
+                      out + row * positions + panels * nr, positions);
+        m += nch;
+      }
+    }
     for (std::int64_t m = m_begin; m < m_end; m += mstep) {
       const std::int64_t row = g * m_per_group + m;
       const int mr = static_cast<int>(std::min<std::int64_t>(mstep, m_end - m));
