@@ -4,6 +4,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -48,6 +50,20 @@ CASES = [
     (1, 64, 64, 100, 28, 28, 1, 1),
     (3, 40, 24, 30, 2, 7, 2, 2),
     (1, 130, 130, 14, 6, 5, 2, 1),
+    # column tails of the AVX-512 kernel: 49 = 32 + 16 + 1, 196 = 6 * 32 + 4, 56 = 32 + 16 + 8,
+    # 21 = 16 + 5 with 5 rows; row tails 30 = 12 + 12 + 6
+    (1, 64, 64, 30, 7, 7, 1, 1),
+    (2, 32, 48, 20, 14, 14, 2, 1),
+    (1, 40, 40, 24, 13, 15, 1, 2),
+    (1, 16, 16, 5, 3, 7, 1, 1),
+    (1, 300, 300, 36, 9, 9, 1, 1),
+    (2, 24, 24, 16, 17, 10, 1, 3),
+    # few positions (< 64, not whole panels): channel-vectorised tiles on AVX-512, channel tails
+    (2, 32, 32, 40, 7, 7, 1, 1),
+    (1, 48, 48, 64, 5, 5, 2, 1),
+    (1, 64, 64, 100, 13, 13, 1, 2),
+    (1, 16, 24, 17, 1, 1, 1, 1),
+    (1, 40, 40, 80, 6, 10, 1, 1),
 ]
 
 
@@ -77,6 +93,18 @@ def test_kernel_matches_reference_and_function(case):
 
 
 @needs_lib
+@pytest.mark.parametrize("strides", [(2, 2), (1, 2), (2, 1), (3, 2), (2, 3)])
+@pytest.mark.parametrize("hw", [(9, 70), (13, 1), (6, 33), (21, 17)])
+def test_strides_and_large_displacements(strides, hw):
+    """Width strides 1/2/3 take different packing paths; displacements reach past the borders."""
+    rng = np.random.default_rng(hash((strides, hw)) % 2**32)
+    x, weight, bias, address = random_case(rng, 2, 12, 20, 24, *hw, 1, strides[0], max_d=5)
+    model = address_conv_model(x.shape, weight, bias, address, 1, strides)
+    ref = address_conv_ref(x, weight, bias, address, 1, strides)
+    assert rel_err(run(model, x, threads=1), ref) < 1e-5
+
+
+@needs_lib
 def test_dynamic_spatial_size_and_threads():
     rng = np.random.default_rng(7)
     x, weight, bias, address = random_case(rng, 3, 48, 64, 96, 21, 19, 2, 1)
@@ -89,6 +117,21 @@ def test_dynamic_spatial_size_and_threads():
         y2 = s2.run(None, {"X": xi})[0]
         assert np.array_equal(y1, y2), "1 and 2 threads must give bit-identical results"
         assert rel_err(y1, address_conv_ref(xi, weight, bias, address, 2)) < 1e-5
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", [(1, 64, 200, 7, 7, 1), (1, 96, 130, 9, 11, 2), (1, 32, 256, 3, 3, 1),
+                                   (1, 64, 200, 10, 10, 1), (1, 48, 150, 27, 25, 2)])
+def test_single_block_split_over_output_channels(shape):
+    """One image, one group, one block: packed once, output channels split between threads."""
+    n, cin, cout, h, w, stride = shape
+    rng = np.random.default_rng(5)
+    x, weight, bias, address = random_case(rng, n, cin, cin, cout, h, w, 1, stride)
+    model = address_conv_model(x.shape, weight, bias, address, 1, (stride, stride))
+    y1 = run(model, x, threads=1)
+    y2 = run(model, x, threads=2)
+    assert np.array_equal(y1, y2), "1 and 2 threads must give bit-identical results"
+    assert rel_err(y1, address_conv_ref(x, weight, bias, address, 1, (stride, stride))) < 1e-5
 
 
 @needs_lib
@@ -116,6 +159,26 @@ def test_group_must_divide_cin():
                                group=2, with_functions=False)
     with pytest.raises(Exception, match=r"Cin = 3 \(rows of address\) is not divisible by group = 2"):
         run(model, np.zeros((1, 3, 4, 4), np.float32), threads=1)
+
+
+@needs_lib
+@pytest.mark.skipif(bool(os.environ.get("ONNXOPT_GEMM_ISA")), reason="already running under a forced ISA")
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_forced_lesser_isa_passes_the_kernel_tests(isa):
+    """The AVX2 and portable micro-kernels (ONNXOPT_GEMM_ISA, read once per process) run this
+    file's kernel tests in a subprocess, so they are covered wherever the best ISA is AVX-512."""
+    info = subprocess.run([sys.executable, "-c", "import ctypes, sys; f = ctypes.CDLL(sys.argv[1]).onnxopt_ops_info; "
+                           "f.restype = ctypes.c_char_p; print(f().decode())", str(LIB)],
+                          env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True, check=True)
+    chosen = dict(kv.split("=", 1) for kv in info.stdout.strip().split(";"))["gemm"]
+    if isa == "avx2" and chosen != "avx2":
+        assert chosen == "generic"
+        pytest.skip("this CPU has no AVX2+FMA")
+    assert chosen == isa
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "kernel_matches or dynamic_spatial or single_block or strides_and"],
+                          env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 def profiled_op_types(model, tmp_path, **opts):

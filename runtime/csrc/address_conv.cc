@@ -8,10 +8,14 @@ namespace {
 // The packed input block of one work item stays within this many bytes (half of a 1 MiB L2):
 // its panels are re-read once per row block of the weights.
 constexpr std::int64_t kPackedBudget = 512 * 1024;
-// Below this many work items the output channels are split too, so that a second thread has
-// work (each split re-packs its block: cheap next to the GEMM while a split keeps >= 64 rows).
-constexpr std::int64_t kMinItems = 2;
+// When there is a single block (one image, one group, one block of positions) its output
+// channels are split too, so that a second thread has work; the block is packed once, before
+// the splits run (a split keeps >= 64 rows).
+constexpr std::int64_t kSplits = 2;
 constexpr std::int64_t kMinRowsPerSplit = 64;
+// Maps with fewer output positions than this (and not a whole number of panels) use the
+// channel-vectorised tiles where the ISA has them.
+constexpr std::int64_t kChannelTilesBelow = 64;
 
 std::int64_t round_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b * b; }
 std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
@@ -20,7 +24,8 @@ std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 PackedWeights::PackedWeights(const float* w, std::int64_t out_channels, std::int64_t k_per_group,
                              std::int64_t group, const GemmIsa& isa)
-    : data_(static_cast<std::size_t>(out_channels * k_per_group)), k_(k_per_group) {
+    : data_(static_cast<std::size_t>(out_channels * k_per_group)), k_(k_per_group), out_channels_(out_channels),
+      group_(group), mr_(isa.mr), channels_(std::make_shared<Channels>()) {
   const std::int64_t per_group = out_channels / group;
   for (std::int64_t g = 0; g < group; ++g) {
     for (std::int64_t m = 0; m < per_group; m += isa.mr) {
@@ -31,6 +36,32 @@ PackedWeights::PackedWeights(const float* w, std::int64_t out_channels, std::int
         for (std::int64_t r = 0; r < mr; ++r) dst[k * mr + r] = w[(row + r) * k_ + k];
     }
   }
+}
+
+void PackedWeights::ensure_channel_panels(const ChannelGemm& ch) const {
+  Channels& c = *channels_;
+  std::call_once(c.once, [&] {
+    const std::int64_t per_group = out_channels_ / group_;
+    const std::int64_t panels = div_up(per_group, ch.nw);
+    c.nw = ch.nw;
+    c.per_group = panels;
+    // + nw: a tile for channels [m, m + n) of a panel reads nw weights from m on
+    c.data.assign(static_cast<std::size_t>(group_ * panels * k_ * ch.nw + ch.nw), 0.0f);
+    for (std::int64_t g = 0; g < group_; ++g) {
+      for (std::int64_t m = 0; m < per_group; ++m) {
+        const std::int64_t m0 = m / mr_ * mr_, r = m - m0;
+        const std::int64_t mr = std::min(mr_, per_group - m0);
+        const float* src = data_.data() + (g * per_group + m0) * k_ + r;
+        float* dst = c.data.data() + ((g * panels + m / ch.nw) * k_) * ch.nw + m % ch.nw;
+        for (std::int64_t kk = 0; kk < k_; ++kk) dst[kk * ch.nw] = src[kk * mr];
+      }
+    }
+  });
+}
+
+const float* PackedWeights::channel_panel(std::int64_t g, std::int64_t m) const {
+  const Channels& c = *channels_;
+  return c.data.data() + ((g * c.per_group + m / c.nw) * k_) * c.nw;
 }
 
 std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels) {
@@ -46,59 +77,127 @@ std::string validate_addresses(const std::int32_t* address, std::int64_t rows, s
 
 void address_conv(const AddressConvShape& s, const float* x, const PackedWeights& weights,
                   const float* bias, const std::int32_t* address, float* y,
-                  const GemmIsa& isa, const ParallelFor& parallel_for) {
+                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel) {
   const std::int64_t positions = s.out_height() * s.out_width();
   const std::int64_t k = s.in_channels / s.group;
   const std::int64_t m_per_group = s.out_channels / s.group;
   if (s.batch == 0 || positions == 0 || m_per_group == 0) return;
 
+  // Few positions that are not whole panels (7x7 = 49 = 32 + 17): channel-vectorised tiles
+  // over all positions of one image at once (one panel of round_up(positions, 16) columns).
+  const bool by_channels = channel && positions < kChannelTilesBelow && positions % isa.nr != 0 &&
+                           m_per_group >= channel->nw / 2;
+  // Otherwise a short column rest (196 = 6 * 32 + 4) uses them for its few columns.
+  const bool channel_tail = channel && !by_channels && positions % isa.nr != 0 && positions % isa.nr <= 8 &&
+                            channel->rows >= 8;
+  if (by_channels || channel_tail) weights.ensure_channel_panels(*channel);
+  const std::int64_t nr = by_channels ? round_up(positions, 16) : isa.nr;
+  const std::int64_t mstep = by_channels ? channel->nw : isa.mr;
+
   // Output positions per block: as many as the packed budget allows, blocks of equal size.
   const std::int64_t max_cols =
-      std::max<std::int64_t>(isa.nr, kPackedBudget / (static_cast<std::int64_t>(sizeof(float)) * std::max<std::int64_t>(k, 1)) / isa.nr * isa.nr);
+      by_channels ? nr
+                  : std::max<std::int64_t>(nr, kPackedBudget / (static_cast<std::int64_t>(sizeof(float)) *
+                                                               std::max<std::int64_t>(k, 1)) / nr * nr);
   std::int64_t blocks = div_up(positions, max_cols);
-  const std::int64_t cols = round_up(div_up(positions, blocks), isa.nr);
+  const std::int64_t cols = round_up(div_up(positions, blocks), nr);
   blocks = div_up(positions, cols);
   // Output-channel splits when there are too few blocks to keep the threads busy.
   std::int64_t splits = 1;
   const std::int64_t base_items = s.batch * s.group * blocks;
-  while (base_items * splits < kMinItems && m_per_group / (splits * 2) >= kMinRowsPerSplit) splits *= 2;
-  const std::int64_t split_rows = round_up(div_up(m_per_group, splits), isa.mr);
+  while (base_items == 1 && splits < kSplits && m_per_group / (splits * 2) >= kMinRowsPerSplit) splits *= 2;
+  const std::int64_t split_rows = round_up(div_up(m_per_group, splits), mstep);
   splits = div_up(m_per_group, split_rows);
 
   const std::int64_t plane = s.height * s.width;
-  const std::size_t items = static_cast<std::size_t>(base_items * splits);
-  parallel_for(items, [&](std::size_t item) {
+  // Packs output positions [p0, p0 + nc) of image n, group g into `dst` (panels of [k][nr]).
+  auto pack = [&](std::int64_t n, std::int64_t g, std::int64_t p0, std::int64_t nc, float* dst) {
+    thread_local std::vector<PackRun> runs;
+    runs.resize(static_cast<std::size_t>(pack_runs_capacity(nc, static_cast<int>(nr))));
+    PackJob job{x + n * s.src_channels * plane, address + 3 * g * k, k, s.height, s.width, s.out_width(),
+                s.stride_h, s.stride_w, p0, nc, static_cast<int>(nr), dst, runs.data()};
+    isa.pack(job);
+  };
+  // Output rows [m_begin, m_end) of group g times the packed positions [p0, p0 + nc).
+  auto multiply = [&](std::int64_t n, std::int64_t g, std::int64_t p0, std::int64_t nc, const float* packed,
+                      std::int64_t m_begin, std::int64_t m_end) {
+    float* out = y + (n * s.out_channels) * positions + p0;
+    if (by_channels) {  // p0 == 0, nc == positions: rows of positions, balanced
+      const std::int64_t row_blocks = div_up(nc, channel->rows);
+      for (std::int64_t m = m_begin; m < m_end; m += mstep) {
+        const std::int64_t row = g * m_per_group + m;
+        const int nch = static_cast<int>(std::min<std::int64_t>(mstep, m_end - m));
+        const float* w = weights.channel_panel(g, m);
+        for (std::int64_t rb = 0, r0 = 0; rb < row_blocks; ++rb) {
+          const std::int64_t rows = nc / row_blocks + (rb < nc % row_blocks ? 1 : 0);
+          channel->tile(static_cast<int>(k), w, nch, packed + r0, nr, static_cast<int>(rows),
+                        bias ? bias + row : nullptr, out + row * positions + r0, positions);
+          r0 += rows;
+        }
+      }
+      return;
+    }
+    // A rest of <= 8 columns in the last panel goes through channel tiles (all lanes used, and
+    // one B row read per 32 output channels instead of per 12); same sums, same order.
+    const std::int64_t rest = channel_tail ? nc % nr : 0;
+    const std::int64_t panels = div_up(nc - rest, nr);
+    if (rest > 0) {
+      const float* tail = packed + panels * k * nr;
+      for (std::int64_t m = m_begin; m < m_end;) {
+        const std::int64_t nch = std::min(m_end - m, channel->nw - m % channel->nw);
+        const std::int64_t row = g * m_per_group + m;
+        channel->tile(static_cast<int>(k), weights.channel_panel(g, m - m % channel->nw) + m % channel->nw,
+                      static_cast<int>(nch), tail, nr, static_cast<int>(rest), bias ? bias + row : nullptr,
+                      out + row * positions + panels * nr, positions);
+        m += nch;
+      }
+    }
+    for (std::int64_t m = m_begin; m < m_end; m += mstep) {
+      const std::int64_t row = g * m_per_group + m;
+      const int mr = static_cast<int>(std::min<std::int64_t>(mstep, m_end - m));
+      const float* a = weights.block(row);
+      for (std::int64_t q = 0; q < panels; ++q) {
+        const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
+        isa.tile(static_cast<int>(k), a, mr, packed + q * k * nr, cols_here,
+                 bias ? bias + row : nullptr, out + row * positions + q * nr, positions);
+      }
+    }
+  };
+
+  if (base_items == 1 && splits > 1) {
+    // One block in all (one image, one group): pack it once, in parallel parts of whole panels,
+    // into the calling thread's buffer, then multiply the row splits in parallel.  With one
+    // thread nothing is packed twice; the result does not depend on the split.
+    const std::int64_t panels = div_up(positions, nr);
+    thread_local std::vector<float> shared;
+    shared.resize(static_cast<std::size_t>(panels * k * nr));
+    float* packed = shared.data();
+    const std::int64_t parts = std::min<std::int64_t>(splits, panels);
+    const std::int64_t per_part = div_up(panels, parts);
+    parallel_for(static_cast<std::size_t>(div_up(panels, per_part)), [&](std::size_t part) {
+      const std::int64_t q0 = static_cast<std::int64_t>(part) * per_part;
+      const std::int64_t p0 = q0 * nr;
+      pack(0, 0, p0, std::min(per_part * nr, positions - p0), packed + q0 * k * nr);
+    });
+    parallel_for(static_cast<std::size_t>(splits), [&](std::size_t split) {
+      const std::int64_t m_begin = static_cast<std::int64_t>(split) * split_rows;
+      multiply(0, 0, 0, positions, packed, m_begin, std::min(m_per_group, m_begin + split_rows));
+    });
+    return;
+  }
+
+  parallel_for(static_cast<std::size_t>(base_items), [&](std::size_t item) {
     std::int64_t rest = static_cast<std::int64_t>(item);
-    const std::int64_t split = rest % splits;
-    rest /= splits;
     const std::int64_t b = rest % blocks;
     rest /= blocks;
     const std::int64_t g = rest % s.group;
     const std::int64_t n = rest / s.group;
     const std::int64_t p0 = b * cols;
     const std::int64_t nc = std::min(cols, positions - p0);
-    const std::int64_t panels = div_up(nc, isa.nr);
-
     thread_local std::vector<float> packed;
-    thread_local std::vector<PackRun> runs;
-    packed.resize(static_cast<std::size_t>(panels * k * isa.nr));
-    runs.resize(static_cast<std::size_t>(pack_runs_capacity(nc, isa.nr)));
-    PackJob job{x + n * s.src_channels * plane, address + 3 * g * k, k, s.height, s.width, s.out_width(),
-                s.stride_h, s.stride_w, p0, nc, isa.nr, packed.data(), runs.data()};
-    isa.pack(job);
-
-    float* out = y + (n * s.out_channels) * positions + p0;
-    const std::int64_t m_end = std::min(m_per_group, (split + 1) * split_rows);
-    for (std::int64_t m = split * split_rows; m < m_end; m += isa.mr) {
-      const std::int64_t row = g * m_per_group + m;
-      const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
-      const float* a = weights.block(row);
-      for (std::int64_t q = 0; q < panels; ++q) {
-        const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
-        isa.tile(static_cast<int>(k), a, mr, packed.data() + q * k * isa.nr, cols_here,
-                 bias ? bias + row : nullptr, out + row * positions + q * isa.nr, positions);
-      }
-    }
+    packed.resize(static_cast<std::size_t>(div_up(nc, nr) * k * nr));
+    pack(n, g, p0, nc, packed.data());
+    multiply(n, g, p0, nc, packed.data(), 0, m_per_group);
   });
 }
 

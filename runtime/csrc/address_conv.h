@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -24,7 +26,8 @@ struct AddressConvShape {
   std::int64_t out_width() const { return (width + stride_w - 1) / stride_w; }
 };
 
-// Weights [Cout, Cin/group] packed into row blocks of the micro-kernel (see gemm.h).
+// Weights [Cout, Cin/group] packed into row blocks of the micro-kernel (see gemm.h), and on
+// first use (small maps) also into the channel panels of ChannelGemm.
 class PackedWeights {
  public:
   PackedWeights() = default;
@@ -33,10 +36,20 @@ class PackedWeights {
   bool empty() const { return data_.empty(); }
   // The block of rows starting at `row` (a block start inside its group).
   const float* block(std::int64_t row) const { return data_.data() + row * k_; }
+  // Builds the channel panels once (thread-safe; from the row blocks, so W need not outlive us).
+  void ensure_channel_panels(const ChannelGemm& ch) const;
+  // The channel panel of group g holding its output channels [m, m + nw) (m a multiple of nw).
+  const float* channel_panel(std::int64_t g, std::int64_t m) const;
 
  private:
+  struct Channels {
+    std::once_flag once;
+    std::vector<float> data;
+    std::int64_t nw = 0, per_group = 0;
+  };
   std::vector<float> data_;
-  std::int64_t k_ = 0;
+  std::int64_t k_ = 0, out_channels_ = 0, group_ = 1, mr_ = 1;
+  std::shared_ptr<Channels> channels_;
 };
 
 // Runs `fn(i)` for i in [0, total), possibly concurrently.
@@ -48,9 +61,10 @@ using ParallelFor = std::function<void(std::size_t total, const std::function<vo
 std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels);
 
 // y [N, Cout, Ho, Wo] = AddressConv(x [N, Csrc, H, W], weights, bias [Cout] or null,
-// address [Cin, 3]).  The address table must have been validated.
+// address [Cin, 3]).  The address table must have been validated.  `channel` (optional, e.g.
+// gemm_channel_isa()) lets small maps use channel-vectorised tiles.
 void address_conv(const AddressConvShape& shape, const float* x, const PackedWeights& weights,
                   const float* bias, const std::int32_t* address, float* y,
-                  const GemmIsa& isa, const ParallelFor& parallel_for);
+                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel = nullptr);
 
 }  // namespace onnxopt

@@ -141,7 +141,8 @@ void AddressConvKernel::Compute(OrtKernelContext* context) {
     ParallelCall call{&fn};
     ctx.ParallelFor(&ParallelCall::run, total, 0, &call);
   };
-  address_conv(s, x.GetTensorData<float>(), *weights, bias, a, out, isa_, parallel_for);
+  address_conv(s, x.GetTensorData<float>(), *weights, bias, a, out, isa_, parallel_for,
+               &isa_ == &gemm_isa() ? gemm_channel_isa() : nullptr);
 }
 
 OrtStatusPtr AddressConvKernel::ComputeV2(OrtKernelContext* context) {

@@ -62,4 +62,13 @@ const GemmIsa& gemm_isa() {
   return isa;
 }
 
+const ChannelGemm* gemm_channel_isa() {
+#if defined(ONNXOPT_X86_KERNELS)
+  static const ChannelGemm* isa = &gemm_isa() == &gemm_isa_avx512() ? &gemm_channel_avx512() : nullptr;
+  return isa;
+#else
+  return nullptr;
+#endif
+}
+
 }  // namespace onnxopt

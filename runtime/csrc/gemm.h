@@ -55,6 +55,26 @@ struct GemmIsa {
 // The best micro-kernel this CPU runs (AVX-512F, AVX2+FMA, or portable C++), chosen once.
 const GemmIsa& gemm_isa();
 
+// Channel-vectorised tiles, for GEMMs with few output positions (7x7 maps: 49 positions are
+// 12 + 12 + 12 + 13 rows here, but 32 + 32 columns of a GemmIsa tile).  The roles swap: rows are
+// output positions, broadcast from a packed B panel (GemmIsa layout, row stride ldb = the panel
+// width), columns are output channels, vectors of weights packed in panels of `nw` channels
+// k-major ([K][nw], zero-padded).  A tile computes rows x nch (nch <= nw) outputs:
+//   c[ch * ldc + r] = (bias ? bias[ch] : 0) + sum_k w[k * nw + ch] * b[k * ldb + r].
+using ChannelTileFn = void (*)(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows,
+                               const float* bias, float* c, std::ptrdiff_t ldc);
+
+struct ChannelGemm {
+  const char* name;
+  int rows;  // most output positions in one tile
+  int nw;    // channels of one packed weight panel
+  ChannelTileFn tile;
+};
+
+// The channel-vectorised tiles that go with gemm_isa(), or nullptr where it has none.
+const ChannelGemm* gemm_channel_isa();
+const ChannelGemm& gemm_channel_avx512();
+
 // Per-ISA entry points (defined in gemm_<isa>.cc, each compiled with its own -m flags).
 const GemmIsa& gemm_isa_avx512();
 const GemmIsa& gemm_isa_avx2();
