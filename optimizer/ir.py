@@ -213,7 +213,7 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     """The value of a tensor that is an initializer or the output of a Constant node, else None."""
     if isinstance(t, gs.Constant):
         return t.values
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and t.inputs[0].domain in ("", "ai.onnx"):
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and (t.inputs[0].domain or "") in ("", "ai.onnx"):
         attrs = t.inputs[0].attrs
         if "value" in attrs and isinstance(attrs["value"], gs.Constant):
             return attrs["value"].values
