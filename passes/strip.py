@@ -41,7 +41,10 @@ Absorption (exact): a reader whose weights for channel c are zero needs nothing.
         Gemm (rows of channel c, after Flatten or global pooling):  C[f] += alpha/beta * k * sum_rows B[r, f]
 
     A zero-padded conv sees the constant only inside the image, so a nonzero constant there keeps
-    the channel (declined, with the reason).
+    the channel (declined, with the reason) unless option ``bias_map`` is set: then the exact
+    contribution ``sum_c sum_{taps inside the image} W2[o, c, kh, kw] * k_c`` at every output
+    position is added after the conv as a constant ``[1, Cout, Ho, Wo]`` map (2-D convs with
+    explicit pads and known shapes).
 
 Threshold (pass ``strip-near``, lossy): a filter counts as zero when ``max|w_o| <= t * max|W|``
     (and an input column of a reader likewise); its output is taken to be its bias. The default
@@ -146,6 +149,8 @@ class _Analysis:
     def __init__(self, graph: gs.Graph, threshold: float):
         self.graph = graph
         self.threshold = threshold
+        self.bias_map = False  # exact per-position bias maps for zero-padded readers of constants
+        self.opset = 13
         self.base: dict[int, int] = {}  # id(tensor) -> first element
         self.width: dict[int, int] = {}
         self.tensors: dict[int, gs.Tensor] = {}
@@ -227,7 +232,8 @@ class _Analysis:
         zero_k = known & (k == 0)
         ok = wzero | zero_k | (known & exact_const)
         bad_const = known & ~ok
-        self.need(t, node.name or node.op, "zero-padded reader: the channel's constant is nonzero (kept, exact)",
+        self.need(t, node.name or node.op, "zero-padded reader: the channel's constant is nonzero (kept; option "
+                  "bias_map folds it exactly as a per-position bias map)",
                   bad_const)
         self.need(t, node.name or node.op, "channel is live", ~ok & ~bad_const)
         return np.where(known & ~wzero & ~zero_k, k, 0.0)
@@ -571,7 +577,9 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
             an.set_const(y, np.where(dead_out, bias, _NAN))
             return
         wz = _dead_rows(np.swapaxes(w, 0, 1).reshape(cin, -1), an.threshold, wmax)
-        absorb = an.read(node, x, wz, _pads_zero(node))
+        unpadded = _pads_zero(node)
+        masks = None if unpadded or not an.bias_map else _tap_masks(node, x, y, w)
+        absorb = an.read(node, x, wz, unpadded or masks is not None)
         an.set_const(y, np.where(dead_out, bias, _NAN))
 
         def rewrite():
@@ -579,8 +587,14 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
             if kx.all() and ky.all():
                 return
             gone = ~kx
-            taps = w.astype(np.float64).reshape(cout, cin, -1).sum(axis=-1)
-            delta = taps[:, gone] @ absorb[gone]
+            delta = np.zeros(cout)
+            if masks is not None and np.any(absorb[gone]):
+                # contribution of the removed constants at every output position (zero padding included)
+                a = np.einsum("ockl,c->okl", w[:, gone].astype(np.float64), absorb[gone])
+                _add_after(an.graph, node, y, np.einsum("okl,kh,lw->ohw", a, *masks)[ky][None].astype(w.dtype))
+            elif gone.any():
+                taps = w.astype(np.float64).reshape(cout, cin, -1).sum(axis=-1)
+                delta = taps[:, gone] @ absorb[gone]
             nb = bias + delta
             node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_strip_{name}", np.ascontiguousarray(w[ky][:, kx]))
             if b_t is not None or np.any(nb[ky] != 0):
@@ -614,6 +628,35 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
         an.rewriters.append(rewrite_dw)
         return
     an.pin(node, "grouped Conv (not depthwise) is left alone")
+
+
+def _tap_masks(node: gs.Node, x: gs.Tensor, y: gs.Tensor, w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a 2-D conv with explicit padding: per axis, which output positions each tap sees inside
+    the input (``M[k, o]``), or None when shapes or attributes do not allow an exact map."""
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if (w.ndim != 4 or auto != "NOTSET" or x.shape is None or y.shape is None or len(x.shape) != 4
+            or not all(isinstance(d, (int, np.integer)) for d in list(x.shape[2:]) + list(y.shape[2:]))):
+        return None
+    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+    strides = list(node.attrs.get("strides", [1, 1]))
+    dil = list(node.attrs.get("dilations", [1, 1]))
+    masks = []
+    for ax in range(2):
+        size, out, k = int(x.shape[2 + ax]), int(y.shape[2 + ax]), w.shape[2 + ax]
+        pos = np.arange(out)[None, :] * strides[ax] - pads[ax] + np.arange(k)[:, None] * dil[ax]
+        masks.append(((pos >= 0) & (pos < size)).astype(np.float64))
+    return masks[0], masks[1]
+
+
+def _add_after(graph: gs.Graph, node: gs.Node, y: gs.Tensor, value: np.ndarray) -> None:
+    """Insert ``y = node_output + value`` after ``node`` (a per-position bias map)."""
+    name = node.name or node.op
+    mid = gs.Variable(f"{y.name}_strip_pre", dtype=y.dtype,
+                      shape=[y.shape[0], value.shape[1], *y.shape[2:]] if y.shape is not None else None)
+    node.outputs[0] = mid
+    graph.nodes.append(gs.Node("Add", name=f"{name}_strip_biasmap", inputs=[mid, gs.Constant(f"{name}_strip_biasmap", value)],
+                               outputs=[y]))
 
 
 def _h_gemm(an: _Analysis, node: gs.Node) -> None:
@@ -714,6 +757,7 @@ def strip(graph: gs.Graph, ctx: PassContext, name: str, threshold: float) -> Pas
     params0, macs0 = _count(graph)
     an = _Analysis(graph, threshold)
     an.opset = int(graph.opset or 13)
+    an.bias_map = bool(ctx.option("bias_map", False))
     for node in graph.nodes:
         for t in list(node.inputs) + list(node.outputs):
             an.add(t)

@@ -157,6 +157,19 @@ def test_padded_consumer_with_nonzero_constant_keeps_channel():
     assert any("zero-padded" in reason for _, reason in res.declined)
 
 
+@pytest.mark.parametrize("attrs", [dict(pads=[1] * 4), dict(pads=[2, 1, 0, 2], strides=[2, 2]),
+                                   dict(pads=[2] * 4, dilations=[2, 2])])
+def test_padded_consumer_bias_map_option(attrs):
+    g = G(x=[1, 3, 9, 9])
+    g.conv("a", "x", W(8, 3, dead_out=[2, 3, 6]), RNG.uniform(0.2, 1, 8))
+    g.node("Relu", ["a"], "r")
+    g.conv("y", "r", W(4, 8, 3), np.ones(4), **attrs)
+    g.node("Relu", ["y"], "o")
+    out, res = strip(g.model("o"), options={"strip": {"bias_map": True}})
+    assert widths(out)["a_node"] == 5
+    assert sum(n.op_type == "Add" for n in out.graph.node) == 1
+
+
 def test_padded_consumer_with_constant_zero_after_activation_is_removed():
     g = G(x=[1, 3, 8, 8])
     g.conv("a", "x", W(8, 3, dead_out=[2, 3]), np.full(8, -0.7))  # relu(-0.7) == 0
@@ -398,8 +411,11 @@ def test_torch_conv_chain(beta):
     zero(net[0], [0, 5, 9], beta)
     zero(net[1], list(range(8)), beta)
     zero(net[3], [1, 2], beta)
-    out, res = strip(export(net, (1, 3, 16, 16)))
+    model = export(net, (1, 3, 16, 16))
+    out, res = strip(model)
     w = list(widths(out).values())
+    out_map, _ = strip(model, options={"strip": {"bias_map": True}})
+    assert list(widths(out_map).values()) == [13, 8, 6, 8]
     if beta == 0:
         assert w == [13, 8, 6, 8]
     else:  # nonzero constants cannot fold into the zero-padded 3x3 convs; the 1x1 one absorbs them
