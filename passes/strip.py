@@ -67,10 +67,6 @@ log = logging.getLogger(__name__)
 _NAN = np.nan
 
 
-def _is_zero(v: float) -> bool:
-    return not np.isnan(v) and v == 0.0
-
-
 # --- unary elementwise ops: how a constant maps through them ------------------------------------
 
 def _clip_bounds(node: gs.Node) -> tuple[float, float] | None:
@@ -279,6 +275,9 @@ def _h_unary(an: _Analysis, node: gs.Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     fn = _unary_fn(node)
     extra_used = any(len(o.outputs) or is_graph_output(an.graph, o) for o in node.outputs[1:])
+    if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name:
+        mode = const_value(node.inputs[2])
+        extra_used = extra_used or mode is None or bool(np.asarray(mode).reshape(-1)[0])
     if fn is None or not _same_width(an, x, y) or extra_used:
         an.pin(node, f"{node.op} with these inputs is not understood on the channel axis")
         return
@@ -773,6 +772,7 @@ def strip(graph: gs.Graph, ctx: PassContext, name: str, threshold: float) -> Pas
             continue
         handler(an, node)
     an.keep, declined = an.decide()
+    log.debug("strip: %d channel elements in %d tensors", len(an.parent), len(an.tensors))
     for node_name, reason in declined:
         result.decline(node_name, reason)
     removed = {lname: int((~an.keep[id(y)]).sum()) for lname, (node, y) in an.layers.items()}
@@ -797,7 +797,7 @@ def strip(graph: gs.Graph, ctx: PassContext, name: str, threshold: float) -> Pas
     def pct(a, b):
         return f"{(b - a) / a * 100:+.0f}%" if a else "n/a"
     result.changed = True
-    result.summary = (f"removed {n} of {total} channels in {len(removed)} layers "
+    result.summary = (f"removed {n} of {total} channels in {len(removed)} layer{'s' if len(removed) != 1 else ''} "
                       f"(params {pct(params0, params1)}, MACs {pct(macs0, macs1)})")
     result.details = {"channels_removed": removed, "channels_total": total, "threshold": threshold,
                       "params_before": params0, "params_after": params1, "macs_before": macs0, "macs_after": macs1}

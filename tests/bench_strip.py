@@ -234,7 +234,7 @@ def bench_case(name, zeroed_net, narrow_net, size, rounds, warmup):
     med = {k: statistics.median(v) for k, v in times.items()}
     res = report.passes[0]
     print(f"\n{name}  ({size}x{size}, {rounds} interleaved rounds, setup {time.perf_counter() - t0:.0f}s)")
-    print(f"  strip: {res.summary}")
+    print(f"  strip: {res.summary}; pass took {res.seconds:.2f}s")
     print(f"  {'model':10}{'median ms':>11}{'vs narrow':>11}{'params':>10}{'max rel err':>13}")
     for k in ("zeroed", "strip", "narrow", "onnxsim"):
         if k not in med:

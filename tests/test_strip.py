@@ -107,6 +107,7 @@ def test_dead_filter_zero_bias_is_removed():
     g.conv("y", "r", W(4, 8, 3), np.zeros(4), pads=[1] * 4)
     out, res = strip(g.model("y"))
     assert widths(out)["a_node"] == 6 and removed(res) == {"a_node": 2}
+    assert res.summary.startswith("removed 2 of 12 channels in 1 layer (")
     assert res.details["params_after"] < res.details["params_before"]
     assert res.details["macs_after"] < res.details["macs_before"]
 
@@ -513,3 +514,17 @@ def test_torch_flatten_linear():
         net[2].weight[4] = 0
     out, _ = strip(export(net, (1, 3, 8, 8)))
     assert list(widths(out).values()) == [6, 9, 4]
+
+
+def test_torch_slimming_near_zero_gammas_with_strip_near():
+    net = randomize_bn(nn.Sequential(cbr(3, 16), cbr(16, 16), cbr(16, 8, k=1)))
+    with torch.no_grad():  # network slimming: gamma (and so the fused filter) tiny, beta kept
+        for seq, idx in ((net[0], [1, 2, 3, 9]), (net[1], [0, 4])):
+            seq[1].weight[idx] *= 1e-6
+    model = export(net, (1, 3, 12, 12))
+    _, res = strip(model)
+    assert not res.changed  # nothing is exactly zero
+    out, report = onnxopt.apply(model, passes=["strip-near"],
+                                options={"strip-near": {"threshold": 1e-4, "bias_map": True}})
+    assert list(widths(out).values()) == [12, 14, 8]
+    assert 0 < report.verification.max_rel < 1e-4
