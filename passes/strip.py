@@ -17,9 +17,10 @@ Channel handlers and groups
     * Concat on the channel axis maps output ``off_i + c`` to input i's channel c; Split and a
       channel-axis Slice map the other way;
     * a depthwise conv (``group == Cin``, ``Cout = m * Cin``) ties output ``c*m + j`` to input c;
-    * Flatten (axis 1) ties Gemm input rows ``c*HW .. c*HW+HW-1`` to channel c;
+    * Flatten (axis 1), or a Reshape to [N, C*H*W], ties Gemm input rows ``c*HW .. c*HW+HW-1`` to
+      channel c; Squeeze/Unsqueeze of spatial axes pass channels through;
     * Conv (group 1) and Gemm *read* their input channels (sinks) and *start* new channels;
-    * anything else (Reshape, Transpose, MatMul, grouped convs, graph inputs and outputs) pins
+    * anything else (other Reshapes, Transpose, MatMul, grouped convs, graph inputs and outputs) pins
       every channel it touches: they keep their shapes.
 
     A group (union-find class) goes as a whole, from every tensor in it, or not at all. It goes
@@ -430,23 +431,65 @@ def _h_reduce(an: _Analysis, node: gs.Node) -> None:
     an.set_const(y, k if node.op != "ReduceSum" else np.where(k == 0, k, _NAN))
 
 
-def _h_flatten(an: _Analysis, node: gs.Node) -> None:
+def _flatten_tie(an: _Analysis, node: gs.Node) -> int | None:
+    """Tie ``y[:, c*HW + j]`` to ``x[:, c]`` for a node that flattens [N, C, *S] to [N, C*HW]; returns
+    HW, or None (after pinning) when the shapes do not say that."""
     x, y = node.inputs[0], node.outputs[0]
-    axis = int(node.attrs.get("axis", 1))
     shape = x.shape if an.has(x) else None
-    if (axis != 1 or shape is None or not an.has(y)
+    if (shape is None or not an.has(y) or len(y.shape) != 2
             or not all(isinstance(d, (int, np.integer)) for d in shape[1:])):
-        an.pin(node, "Flatten not on axis 1 or of unknown spatial size")
-        return
+        an.pin(node, f"{node.op} not to [N, C*H*W] or of unknown spatial size")
+        return None
     hw = int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
     c = an.C(x)
-    if an.C(y) != c * hw:
-        an.pin(node, "Flatten output width does not match")
-        return
+    if an.C(y) != c * hw or (shape[0] != y.shape[0] and not (isinstance(shape[0], str) and isinstance(y.shape[0], str))):
+        an.pin(node, f"{node.op} output width does not match a flattening of its input")
+        return None
     for j in range(hw):
         for ch in range(c):
             an.union(an.base[id(x)] + ch, an.base[id(y)] + ch * hw + j)
     an.set_const(y, np.repeat(an.get_const(x), hw))
+    return hw
+
+
+def _h_flatten(an: _Analysis, node: gs.Node) -> None:
+    if int(node.attrs.get("axis", 1)) != 1:
+        an.pin(node, "Flatten not on axis 1")
+        return
+    _flatten_tie(an, node)
+
+
+def _h_reshape(an: _Analysis, node: gs.Node) -> None:
+    """A Reshape to [N, C*H*W] is a Flatten (dynamo exports pooling heads so); others pin."""
+    shape_t = node.inputs[1]
+    target = const_value(shape_t)
+    if (target is None or np.asarray(target).size != 2
+            or (node.attrs.get("allowzero", 0) and 0 in np.asarray(target).reshape(-1))):
+        an.pin(node, "Reshape is not understood on the channel axis: its channels are kept")
+        return
+    if _flatten_tie(an, node) is None:
+        return
+    target = np.asarray(target, dtype=np.int64).reshape(-1)
+
+    def rewrite():
+        y = node.outputs[0]
+        if an.keep[id(y)].all():
+            return
+        new = np.array([target[0], -1] if target[0] != -1 else [-1, int(an.keep[id(y)].sum())], dtype=np.int64)
+        node.inputs[1] = gs.Constant(f"{shape_t.name}_strip_{node.name}", new)
+    an.rewriters.append(rewrite)
+
+
+def _h_squeeze(an: _Analysis, node: gs.Node) -> None:
+    """Squeeze/Unsqueeze of spatial axes keep the channel on axis 1."""
+    x, y = node.inputs[0], node.outputs[0]
+    rank = len(y.shape if node.op == "Unsqueeze" else x.shape) if an.has(x) and an.has(y) else 0
+    axes = _axes(node, rank, 1) if rank else None
+    if not _same_width(an, x, y) or not axes or 0 in axes or 1 in axes:
+        an.pin(node, f"{node.op} on the channel or batch axis")
+        return
+    an.tie(x, 0, y, 0, an.C(x))
+    an.set_const(y, an.get_const(x))
 
 
 def _h_concat(an: _Analysis, node: gs.Node) -> None:
@@ -719,6 +762,9 @@ _HANDLERS: dict[str, Callable[[_Analysis, gs.Node], None]] = {
     "Resize": _h_resize,
     **{op: _h_reduce for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")},
     "Flatten": _h_flatten,
+    "Reshape": _h_reshape,
+    "Squeeze": _h_squeeze,
+    "Unsqueeze": _h_squeeze,
     "Concat": _h_concat,
     "Split": _h_split,
     "Slice": _h_slice,

@@ -188,6 +188,28 @@ def test_reshape_stops_propagation():
     assert widths(out)["a_node"] == 8 and not res.changed
 
 
+@pytest.mark.parametrize("target", [[1, -1], [-1, 48], [0, 48]])
+def test_reshape_to_flat_is_a_flatten(target):
+    g = G(x=[1, 3, 4, 4])
+    g.conv("a", "x", W(12, 3, dead_out=[1, 5, 6]), RNG.standard_normal(12), strides=[2, 2])
+    g.node("Relu", ["a"], "r")
+    g.node("Reshape", ["r", g.init("shape", np.array(target, dtype=np.int64))], "f")
+    g.node("Gemm", ["f", g.init("fw", RNG.standard_normal((5, 48)).astype(np.float32))], "y", transB=1)
+    out, _ = strip(g.model("y"))
+    assert widths(out)["a_node"] == 9
+
+
+def test_squeeze_unsqueeze_spatial_axes():
+    g = G(x=[1, 3, 8, 8])
+    g.conv("a", "x", W(6, 3, dead_out=[0, 4]), np.full(6, 0.3))
+    g.node("GlobalAveragePool", ["a"], "p")
+    g.node("Squeeze", ["p", g.init("ax", np.array([2, 3], dtype=np.int64))], "s")
+    g.node("Unsqueeze", ["s", "ax"], "u")
+    g.conv("y", "u", W(4, 6), np.zeros(4))
+    out, _ = strip(g.model("y"))
+    assert widths(out)["a_node"] == 4
+
+
 def test_unknown_op_stops_propagation():
     g = G(x=[1, 3, 8, 8])
     g.conv("a", "x", W(8, 3, dead_out=[0]), np.zeros(8))
@@ -528,3 +550,27 @@ def test_torch_slimming_near_zero_gammas_with_strip_near():
                                 options={"strip-near": {"threshold": 1e-4, "bias_map": True}})
     assert list(widths(out).values()) == [12, 14, 8]
     assert 0 < report.verification.max_rel < 1e-4
+
+
+def test_torch_dynamo_export_pool_view_linear():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 8), cbr(8, 8, k=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.b(self.a(x)).mean((2, 3), keepdim=True)
+            return self.fc(y.view(y.shape[0], -1))
+
+    net = randomize_bn(Net())
+    zero(net.a, [1, 2])
+    zero(net.b, [0, 5, 7], beta=0.3)
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), dynamo=True, opset_version=18, verbose=False)
+    model = program.model_proto
+    model.ir_version = min(model.ir_version, 10)
+    out, _ = strip(model)
+    assert list(widths(out).values()) == [6, 5, 4]
