@@ -352,7 +352,8 @@ def _h_binary(an: _Analysis, node: gs.Node) -> None:
         elif an.has(t) and len(t.shape) == rank and an.C(t) == c:
             vecs.append(None)
         elif an.has(t) and len(t.shape) == rank and an.C(t) == 1 and c > 1:
-            vecs.append(np.full(c, _NAN))  # broadcast over channels: reads none of ours
+            vecs.append(np.full(c, _NAN))  # broadcast over every channel: its one channel stays
+            an.need(t, node.name or node.op, "operand broadcast over the channel axis")
         else:
             an.pin(node, f"{node.op} operand is not understood on the channel axis")
             return
@@ -810,6 +811,12 @@ def strip(graph: gs.Graph, ctx: PassContext, name: str, threshold: float) -> Pas
         an.need(t, t.name, "graph input keeps its shape")
     for t in graph.outputs:
         an.need(t, t.name, "graph output keeps its shape")
+    by_name = {t.name: t for t in an.tensors.values()}
+    for node in graph.nodes:
+        for sub in (v for v in node.attrs.values() if isinstance(v, gs.Graph)):
+            for inner in sub.tensors().values():  # outer tensors a subgraph reads by name stay whole
+                if inner.name in by_name:
+                    an.need(by_name[inner.name], node.name or node.op, "read inside a subgraph")
     for node in graph.nodes:
         handler = _HANDLERS.get(node.op) if (node.domain or "") in ("", "ai.onnx") else None
         if handler is None:

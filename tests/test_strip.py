@@ -210,6 +210,31 @@ def test_squeeze_unsqueeze_spatial_axes():
     assert widths(out)["a_node"] == 4
 
 
+def test_single_channel_operand_broadcast_over_channels_stays():
+    g = G(x=[1, 3, 8, 8])
+    g.conv("a", "x", W(6, 3, dead_out=[0]), np.zeros(6))
+    g.conv("att", "x", W(1, 3, dead_out=[0]), np.full(1, 0.5))  # a constant spatial attention map
+    g.node("Sigmoid", ["att"], "s")
+    g.node("Mul", ["a", "s"], "m")
+    g.conv("y", "m", W(4, 6), np.zeros(4))
+    out, _ = strip(g.model("y"))
+    assert widths(out) == {"a_node": 5, "att_node": 1, "y_node": 4}
+
+
+def test_tensor_read_inside_a_subgraph_stays_whole():
+    g = G(x=[1, 3, 8, 8], c=[])
+    g.conv("a", "x", W(6, 3, dead_out=[0]), np.full(6, 0.5))  # the sum in the branch sees the constant
+    g.node("Relu", ["a"], "r")
+    g.conv("y", "r", W(4, 6), np.zeros(4))
+    branch = lambda n: helper.make_graph(  # noqa: E731
+        [helper.make_node("ReduceSum", ["r"], [n], keepdims=0)], n, [],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)])
+    g.nodes.append(helper.make_node("Cast", ["c"], ["cb"], to=TensorProto.BOOL))
+    g.nodes.append(helper.make_node("If", ["cb"], ["z"], then_branch=branch("t"), else_branch=branch("e")))
+    out, _ = strip(g.model("y", "z"))
+    assert widths(out)["a_node"] == 6
+
+
 def test_unknown_op_stops_propagation():
     g = G(x=[1, 3, 8, 8])
     g.conv("a", "x", W(8, 3, dead_out=[0]), np.zeros(8))
