@@ -51,6 +51,16 @@ Threshold (pass ``strip-near``, lossy): a filter counts as zero when ``max|w_o| 
     (and an input column of a reader likewise); its output is taken to be its bias. The default
     pipeline runs only the exact ``strip`` (threshold 0); apply's verification reports the
     deviation of ``strip-near``.
+
+Options (``options={"strip": {...}}`` or ``{"strip-near": {...}}``)
+    ``threshold``  relative threshold; ``strip-near`` only (default 1e-3); the exact ``strip``
+                   ignores it and says so in its declined list.
+    ``bias_map``   fold nonzero constants into zero-padded readers as per-position bias maps
+                   (default False: such channels are kept). Exact; costs one Add and a
+                   ``Cout x Ho x Wo`` constant per affected reader.
+
+No tensor loses every channel (one is kept), and the pass is linear in the number of channels.
+Details: ``channels_removed`` {layer: n}, ``channels_total``, params and MACs before/after.
 """
 from __future__ import annotations
 
