@@ -301,6 +301,19 @@ def test_split_on_channel_axis():
     assert widths(out)["a_node"] == 5
 
 
+@pytest.mark.parametrize("opset", [11, 18])
+def test_split_attribute_forms(opset):
+    g = G(x=[1, 3, 8, 8])
+    g.conv("a", "x", W(8, 3, dead_out=[0, 1, 6]), np.zeros(8))
+    attrs = {"split": [4, 4]} if opset == 11 else {"num_outputs": 2}
+    g.node("Split", ["a"], ["s1", "s2"], axis=1, **attrs)
+    g.conv("y1", "s1", W(4, 4))
+    g.conv("y2", "s2", W(4, 4))
+    g.node("Add", ["y1", "y2"], "y")
+    out, _ = strip(g.model("y", opset=opset))
+    assert widths(out)["a_node"] == 5
+
+
 def test_slice_on_channel_axis():
     g = G(x=[1, 3, 8, 8])
     g.conv("a", "x", W(8, 3, dead_out=[0, 3, 6]), np.zeros(8))
