@@ -47,6 +47,10 @@ def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, outpu
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = ir.load_model(model)
     pipeline = resolve(list(passes) if passes is not None else None)
+    stray = sorted(set(options or {}) - {p.name for p in pipeline})
+    if stray:
+        raise OnnxoptError(f"options given for pass {stray[0]!r}, which is not in the pipeline "
+                           f"({', '.join(p.name for p in pipeline) or 'none'}); name it in passes")
     if output is not None:
         ir.check_writable(output)
     if report_path is not None:

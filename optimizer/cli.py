@@ -33,6 +33,22 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
     return shapes
 
 
+def _parse_options(values: tuple[str, ...]) -> dict[str, dict]:
+    """``strip-near.threshold=0.01`` (repeatable) -> {"strip-near": {"threshold": 0.01}}; values are JSON or text."""
+    options: dict[str, dict] = {}
+    for v in values:
+        key, sep, raw = v.partition("=")
+        pass_name, dot, opt = key.partition(".")
+        if not sep or not dot or not pass_name or not opt:
+            raise OnnxoptError(f"--option {v!r}: expected PASS.KEY=VALUE (e.g. strip-near.threshold=0.01)")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options.setdefault(pass_name, {})[opt] = value
+    return options
+
+
 def _parse_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -64,13 +80,16 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
 @click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of verification inputs (default: random).")
 @click.option("--target", help="Also measure before/after latency on this target (e.g. mobile-cpu, cpu, cuda, profile.toml).")
+@click.option("--option", "pass_options", multiple=True, metavar="PASS.KEY=VALUE",
+              help="A pass option (repeatable), e.g. strip-near.threshold=0.01 or strip.bias_map=true.")
 @shape_option
 @rtol_option
-def apply_cmd(model, output, passes, report_path, inputs, input_shapes, rtol, target):
+def apply_cmd(model, output, passes, report_path, inputs, input_shapes, rtol, target, pass_options):
     """Optimise MODEL, verify it against the original, write the result."""
     out = output or str(api.default_output(model))
     tgt = _target(target) if target else None
     _, report = api.apply(model, passes=_parse_list(passes), output=out, inputs=inputs, target=tgt,
+                          options=_parse_options(pass_options),
                           input_shapes=_parse_shapes(input_shapes), rtol=rtol, report_path=report_path)
     click.echo(f"onnxopt apply: {model} -> {out}")
     click.echo(report.summary())

@@ -364,7 +364,8 @@ class ShiftPass:
         r.details = dict(c)
         r.summary = (f"{c['address_convs']} AddressConv ({c['shifts_folded']} shifts folded), "
                      f"{c['weights_permuted']} convs with permuted weights, "
-                     f"{c['permutations_to_gather']} permutations rewritten as Gather")
+                     f"{c['permutations_to_gather']} permutations rewritten as Gather") if r.changed \
+            else "no shift or channel permutation found"
         return r
 
     # -- step 1: channel shuffles and rolls become Gather(X, idx, axis=1) --

@@ -104,3 +104,16 @@ def test_bench_and_profile_commands(capsys, tiny_path, tmp_path):
     assert code == 0 and "latency (ms)" in out
     code, _, err = run(capsys, "bench", tiny_path, "--target", "nowhere")
     assert code == 2 and "unknown target" in err
+
+
+def test_pass_options(capsys, tmp_path):
+    from conftest import small_cnn_model
+
+    src = tmp_path / "m.onnx"
+    onnx.save(small_cnn_model(), src)
+    code, out, err = run(capsys, "apply", src, "--passes", "fold,strip-near", "--option", "strip-near.threshold=0.5")
+    assert code == 0, err
+    code, _, err = run(capsys, "apply", src, "--option", "strip-near.threshold=0.5")
+    assert code == 2 and "not in the pipeline" in err
+    code, _, err = run(capsys, "apply", src, "--option", "threshold=0.5")
+    assert code == 2 and "PASS.KEY=VALUE" in err
