@@ -116,7 +116,7 @@ def _bars(title: str, rows: list[tuple[str, list[float]]], series: list[str], un
     y = 24
     for label, vals in rows:
         out.append(f'<text x="{label_w - 6}" y="{y + bar_h * len(series) / 2 + 4}" text-anchor="end">'
-                   f'{html.escape(label[:42])}</text>')
+                   f'{html.escape(label if len(label) <= 42 else "…" + label[-41:])}</text>')
         for i, v in enumerate(vals):
             w = max(1.0, width * v / vmax)
             out.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h - 1}" fill="{colors[i % 3]}"/>'
