@@ -19,6 +19,8 @@ from .cost import model_stats
 from .errors import OnnxoptError, VerificationError
 from .passmanager import Pass, PassContext, PassManager, available, resolve
 from .report import Report
+from .runtime import ops
+from .runtime.functions import add_functions
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyResult, load_inputs, make_inputs, verify_models
 
 
@@ -59,6 +61,8 @@ def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, outpu
                 for p in pipeline}
     results = PassManager(pipeline).run(graph, contexts)
     result = ir.to_model(graph, original)
+    if any(n.domain == ops.DOMAIN for n in result.graph.node):
+        result = add_functions(result)  # the ai.onnxopt opset import and a fallback FunctionProto per custom op
     after = model_stats(result, shapes)
 
     verification = None
