@@ -189,7 +189,7 @@ def address_conv_model(x_shape, weight, bias, address, group: int = 1, strides=(
 
 def perforated_conv_model(x_shape, weight, bias, positions, fill, group: int = 1, strides=(1, 1),
                           pads=(0, 0, 0, 0), dilations=(1, 1), opset: int = 17, dynamic_batch: bool = False,
-                          with_functions: bool = True) -> onnx.ModelProto:
+                          dynamic_hw: bool = False, with_functions: bool = True) -> onnx.ModelProto:
     """A one-node model ``Y = PerforatedConv(X, W, B, positions, fill)`` with W, B, positions, fill as
     initializers (for tests, benchmarks and latency tables). ``bias`` may be None (input left empty)."""
     import numpy as np
@@ -210,8 +210,11 @@ def perforated_conv_model(x_shape, weight, bias, positions, fill, group: int = 1
     node = helper.make_node(ops.PERFORATED_CONV, inputs, ["Y"], domain=ops.DOMAIN, kernel_shape=[kh, kw],
                             group=group, strides=list(strides), pads=list(pads), dilations=list(dilations))
     graph = helper.make_graph([node], "perforated_conv",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [batch, c, h, w])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [batch, len(weight), ho, wo])],
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                             [batch, c, "H", "W"] if dynamic_hw else [batch, c, h, w])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT,
+                                                             [batch, len(weight), "Ho", "Wo"] if dynamic_hw
+                                                             else [batch, len(weight), ho, wo])],
                               inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
