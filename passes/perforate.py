@@ -13,8 +13,13 @@ Realisation of one perforated conv:
 * ``strided``: where the kept set is a regular lattice (grid masks whose per-axis step is an
   integer), the same values come from standard ops: a Conv with stride step*stride and its top
   and left pads reduced by the lattice offset, then Gather rows, Gather columns (the separable
-  nearest fill). onnxruntime runs that at MLAS speed. ``realisation="auto"`` (default) takes it
-  wherever it applies; ``"kernel"`` or ``"strided"`` force one (strided where it applies).
+  nearest fill). onnxruntime runs the Conv at MLAS speed, but its two Gathers over the full-size
+  output cost more than our kernel's fill (measured, ``python -m onnxopt.runtime.bench_perforate``:
+  at 25% of 256->256 at 56x56 the kernel is ~3x faster than the dense Conv, strided+Gathers ~2.4x).
+  ``realisation="auto"`` (default) takes the faster of the two by the layer-time table where times
+  are measured, else the kernel when the native library is installed and the strided form when it
+  is not (the kernel's ONNX-function fallback is the dense conv); ``"kernel"`` or ``"strided"``
+  force one (strided where it applies).
 
 Options (``options={"perforate": {...}}``):
 
@@ -140,7 +145,7 @@ class _Perforator:
         self.graph, self.ctx, self.result = graph, ctx, result
         self.opt = dict(ctx.options)
         self.seed = int(self.opt.get("seed", 0))
-        self._sessions: dict = {}
+        self._choice: dict = {}
 
     # ---- options ---------------------------------------------------------------------------
     def _parse(self) -> None:
@@ -263,9 +268,12 @@ class _Perforator:
         label = strategy if strategy == self.strategy else f"{self.strategy}->{strategy} (no pooling follows)"
         return positions, fill, label
 
-    def strided_plan(self, layer: Layer, rate: float) -> dict | None:
-        """The strided-Conv realisation of a grid mask, where the grid is a lattice."""
-        if self.strategy != "grid" or self.realisation == "kernel" or rate >= 1.0:
+    def strided_plan(self, layer: Layer, rate: float, realisation: str | None = None) -> dict | None:
+        """The strided-Conv realisation of a grid mask, where the grid is a lattice and it is chosen."""
+        realisation = realisation or self.realisation
+        if self.strategy != "grid" or realisation == "kernel" or rate >= 1.0:
+            return None
+        if realisation == "auto" and self.choose_realisation(layer, rate) != "strided":
             return None
         h, w = layer.out_hw
         rows, cols = grid_axes(h, w, rate, self.seed)
@@ -283,12 +291,29 @@ class _Perforator:
         return {"strides": [sy * layer.strides[0], sx * layer.strides[1]], "pads": [top, left, pb, pr],
                 "rows": (plane[:, 0] // ncols).astype(np.int64), "cols": (plane[0, :] % ncols).astype(np.int64)}
 
-    def rewrite(self, graph: gs.Graph, layer: Layer, rate: float) -> tuple[str, str, int]:
+    def choose_realisation(self, layer: Layer, rate: float) -> str:
+        """``auto``: the faster of kernel and strided by measured layer times, else by library presence."""
+        key = (layer.name, rate)
+        if key not in self._choice:
+            if self.strided_plan(layer, rate, "strided") is None:
+                self._choice[key] = "kernel"
+            elif getattr(self, "lut", None) is not None:
+                kernel = self.layer_time(layer, rate, "kernel")
+                strided = self.layer_time(layer, rate, "strided")
+                self._choice[key] = "strided" if strided < kernel else "kernel"
+            else:
+                from onnxopt.runtime import library_path
+
+                self._choice[key] = "kernel" if library_path() is not None else "strided"
+        return self._choice[key]
+
+    def rewrite(self, graph: gs.Graph, layer: Layer, rate: float,
+                realisation: str | None = None) -> tuple[str, str, int]:
         """Perforate conv ``layer.name`` in ``graph``; returns (strategy label, realisation, kept count)."""
         from onnxopt.runtime import ops
 
         node = next(n for n in graph.nodes if n.name == layer.name)
-        plan = self.strided_plan(layer, rate)
+        plan = self.strided_plan(layer, rate, realisation)
         if plan is not None:
             out = node.outputs[0]
             mid = gs.Variable(f"{layer.name}_strided", dtype=out.dtype)
@@ -409,17 +434,18 @@ class _Perforator:
         return float(sum(np.mean((o.astype(np.float64) - r) ** 2) for o, r in zip(outs, self.ref)))
 
     # ---- layer times ----------------------------------------------------------------------
-    def layer_time(self, layer: Layer, rate: float) -> float | None:
+    def layer_time(self, layer: Layer, rate: float, realisation: str | None = None) -> float | None:
         if self.lut is None:
             return None
         from onnxopt.runtime.lut import layer_key
 
-        plan = self.strided_plan(layer, rate) if rate < 1.0 else None
-        op = "Conv" if rate >= 1.0 else f"PerforatedConv:{self.strategy}:{'strided' if plan else 'kernel'}"
+        if rate < 1.0 and realisation is None:
+            realisation = "strided" if self.strided_plan(layer, rate) is not None else "kernel"
+        op = "Conv" if rate >= 1.0 else f"PerforatedConv:{self.strategy}:{realisation}:seed{self.seed}"
         key = layer_key(op, [[1, *layer.x_shape[1:]], layer.w_shape], layer.attrs(), rate)
-        return self.lut.time_ms(key, lambda: self._layer_model(layer, rate))
+        return self.lut.time_ms(key, lambda: self._layer_model(layer, rate, realisation))
 
-    def _layer_model(self, layer: Layer, rate: float) -> onnx.ModelProto:
+    def _layer_model(self, layer: Layer, rate: float, realisation: str | None = None) -> onnx.ModelProto:
         from onnxopt.runtime.functions import add_functions
 
         rng = np.random.default_rng(0)
@@ -430,7 +456,7 @@ class _Perforator:
         node = gs.Node("Conv", layer.name, layer.attrs(), [x, w, bias], [y])
         g = gs.Graph([node], [x], [y], opset=17)
         if rate < 1.0:
-            self.rewrite(g, layer, rate)
+            self.rewrite(g, layer, rate, realisation)
         g.cleanup().toposort()
         model = gs.export_onnx(g, do_type_check=False)
         model.ir_version = 8

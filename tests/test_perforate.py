@@ -265,10 +265,15 @@ def test_explicit_rates(tmp_path, calib):
 
 
 def test_one_strategy_and_rate_for_all_and_strided_realisation(tmp_path, calib):
-    out, report = perforate(tiny_net(), {"strategy": "grid", "rate": 0.25}, tmp_path, calibration=calib)
+    _, report = perforate(tiny_net(), {"strategy": "grid", "rate": 0.25}, tmp_path, calibration=calib)
     rows = {r["layer"]: r for r in report.passes[0].details["layers"]}
     assert set(rows) == {"conv1", "conv2"}
+    assert rows["conv1"]["realisation"] in ("strided", "kernel")  # auto: the faster by measured times
+    out, report = perforate(tiny_net(), {"strategy": "grid", "rate": 0.25, "realisation": "strided"}, tmp_path,
+                            calibration=calib)
+    rows = {r["layer"]: r for r in report.passes[0].details["layers"]}
     assert rows["conv1"]["realisation"] == "strided" and rows["conv1"]["kept_fraction"] == 0.25
+    assert not any(n.op_type == ops.PERFORATED_CONV for n in out.graph.node)
     kernel, _ = perforate(tiny_net(), {"strategy": "grid", "rate": 0.25, "realisation": "kernel"}, tmp_path,
                           calibration=calib)
     assert sum(n.op_type == ops.PERFORATED_CONV for n in kernel.graph.node) == 2
