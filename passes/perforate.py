@@ -29,7 +29,7 @@ Options (``options={"perforate": {...}}``):
   without labels) or ``budget_latency_ms`` (whole-network estimate on the target): automatic
   rate selection, the paper's greedy loop. It needs calibration data.
 * ``seed`` (0), ``ladder`` (the rates the greedy loop steps through), ``realisation``,
-  ``impact_probes`` (64), ``lut_runs`` (20), ``measure_time`` (True).
+  ``impact_probes`` (1024), ``impact_samples`` (64), ``lut_runs`` (20), ``measure_time`` (True).
 
 Greedy selection: from rate 1 everywhere, repeatedly advance the one layer whose next rate has the
 least (loss increase) / (time saved). The loss increase of a step is measured on the calibration
@@ -41,10 +41,10 @@ is frozen; the loop ends when no layer can advance (or, for a latency budget, wh
 is met).
 
 Impact (what is actually computed): no autograd here. For each layer, blocks of positions (one
-position per block where the plane has at most ``impact_probes`` (64) positions, else square blocks so
+position per block where the plane has at most ``impact_probes`` (1024), ``impact_samples`` (64) positions, else square blocks so
 that there are at most that many) are switched off one at a time (all channels of the conv
 output set to 0, the perturbation whose first-order effect the paper's |dL/dV * V| estimates)
-and the mean loss increase over the calibration data is measured on onnxruntime: a finite
+and the mean loss increase over (the first ``impact_samples`` of) the calibration data is measured on onnxruntime: a finite
 difference, not a Taylor term. A block's increase is split among its positions in proportion to
 their mean |V|. The loss is cross-entropy with labels, else the squared deviation of the network
 output from the unperforated output (whose gradient at V is zero, so the finite difference is
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1)
 OPTIONS = {"rates", "strategy", "rate", "budget_deviation", "budget_accuracy_drop", "budget_latency_ms", "seed",
-           "ladder", "realisation", "impact_probes", "lut_runs", "measure_time", "lut_path"}
+           "ladder", "realisation", "impact_probes", "impact_samples", "lut_runs", "measure_time", "lut_path"}
 #: Ops between a conv and the pooling layer whose windows the pooling strategy counts.
 _PASS_THROUGH = {"Relu", "LeakyRelu", "Clip", "BatchNormalization", "Sigmoid", "HardSigmoid", "HardSwish", "Elu",
                  "Selu", "PRelu", "Tanh", "Identity"}
@@ -360,12 +360,14 @@ class _Perforator:
         return model
 
     # ---- evaluation on calibration data ----------------------------------------------------
-    def run_model(self, model: onnx.ModelProto, extra: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    def run_model(self, model, extra: Mapping[str, np.ndarray] | None = None,
+                  feeds: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Run a model (or a session) on the calibration feeds, in chunks of a fixed model batch."""
         from onnxopt.runtime import session
 
-        sess = session(model, threads=self.threads)
+        sess = model if hasattr(model, "get_inputs") else session(model, threads=self.threads)
         names = [i.name for i in sess.get_inputs()]
-        feeds = {k: v for k, v in self.feeds.items() if k in names}
+        feeds = {k: v for k, v in (self.feeds if feeds is None else feeds).items() if k in names}
         total = len(next(iter(feeds.values())))
         batch = self.batch or total
         outs: list[list[np.ndarray]] = []
@@ -406,32 +408,45 @@ class _Perforator:
         return 1.0 - m["agreement"]
 
     def impact_scores(self, layer: Layer) -> np.ndarray:
+        """Per-position impact of ``layer`` (see the module docstring), on the first ``impact_samples``."""
+        from onnxopt.runtime import session
+
         h, w = layer.out_hw
-        probes = int(self.opt.get("impact_probes", 64))
+        probes = int(self.opt.get("impact_probes", 1024))
         b = max(1, math.ceil(math.sqrt(h * w / max(1, probes))))
-        model = self.build({}, probe=layer)
+        sess = session(self.build({}, probe=layer), threads=self.threads)  # one session for every probe
+        n = int(self.opt.get("impact_samples", 64))
+        feeds = {k: v[:n] for k, v in self.feeds.items()}
+        ref = [r[:n] for r in self.ref]
+        labels = None if self.labels is None else self.labels[:n]
         ones = np.ones((1, 1, h, w), np.float32)
-        outs = self.run_model(model, {"__probe": ones})
-        v_mag = np.abs(outs[-1]).mean(axis=(0, 1))  # mean |V| per position
-        base = self.loss_of(outs[:-1])
+
+        def loss(mask: np.ndarray) -> tuple[float, np.ndarray]:
+            outs = self.run_model(sess, {"__probe": mask}, feeds)
+            return self.loss_of(outs[:-1], ref, labels), outs[-1]
+
+        base, v = loss(ones)
+        v_mag = np.abs(v).mean(axis=(0, 1))  # mean |V| per position
         score = np.zeros((h, w))
         for y0 in range(0, h, b):
             for x0 in range(0, w, b):
                 m = ones.copy()
                 m[..., y0:y0 + b, x0:x0 + b] = 0
-                inc = max(0.0, self.loss_of(self.run_model(model, {"__probe": m})[:-1]) - base)
+                inc = max(0.0, loss(m)[0] - base)
                 blk = v_mag[y0:y0 + b, x0:x0 + b]
                 share = blk / blk.sum() if blk.sum() > 0 else np.full(blk.shape, 1.0 / blk.size)
                 score[y0:y0 + b, x0:x0 + b] = inc * share
         return score.ravel()
 
-    def loss_of(self, outs: list[np.ndarray]) -> float:
-        if self.labels is not None:
+    @staticmethod
+    def loss_of(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None) -> float:
+        """Cross-entropy with labels, else the squared deviation from the unperforated outputs."""
+        if labels is not None:
             logits = outs[0].reshape(len(outs[0]), -1).astype(np.float64)
             z = logits - logits.max(1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-            return float(-np.mean(logp[np.arange(len(logits)), self.labels]))
-        return float(sum(np.mean((o.astype(np.float64) - r) ** 2) for o, r in zip(outs, self.ref)))
+            return float(-np.mean(logp[np.arange(len(logits)), labels]))
+        return float(sum(np.mean((o.astype(np.float64) - r) ** 2) for o, r in zip(outs, ref)))
 
     # ---- layer times ----------------------------------------------------------------------
     def layer_time(self, layer: Layer, rate: float, realisation: str | None = None) -> float | None:
