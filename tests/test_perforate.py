@@ -102,6 +102,24 @@ def test_kernel_random_shapes():
 
 
 @needs_lib
+def test_portable_kernels_agree(tmp_path):
+    """ONNXOPT_GEMM_ISA=generic runs the portable packing, fill and tile (read once per process)."""
+    import subprocess
+    import sys
+
+    model, x, ref = case_model((3, 16, 24, 13, 11, 3, 1, 1, (1, 1, 1, 1), 2, 0.6, True))
+    onnx.save(fit_ir_version(model), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x)
+    code = ("import numpy as np, sys; from onnxopt.runtime import session; "
+            f"y = session(r'{tmp_path / 'm.onnx'}', threads=1).run(None, {{'X': np.load(r'{tmp_path / 'x.npy'}')}})[0]; "
+            f"np.save(r'{tmp_path / 'y.npy'}', y)")
+    import os
+
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ONNXOPT_GEMM_ISA": "generic"})
+    assert rel_err(np.load(tmp_path / "y.npy"), ref) < 1e-5
+
+
+@needs_lib
 def test_dense_mask_equals_conv():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 16, 14, 14)).astype(np.float32)

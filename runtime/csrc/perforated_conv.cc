@@ -27,12 +27,16 @@ std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 // offsets[t * nr + j]: where tap t of kept position pos[j] reads in a channel plane, -1 in the
 // padding and for the columns j >= nc that pad the panel.
-void panel_offsets(const PerforatedConvShape& s, const std::int32_t* pos, int nc, int nr, std::int32_t* offsets) {
+// inside[t] = 1 where tap t has no -1.  Columns j >= nc repeat column 0's offset so as not to
+// spoil that: the panel's padding columns then hold copies of real values instead of zeros,
+// which the tiles compute but never store (they store nc columns).
+void panel_offsets(const PerforatedConvShape& s, const std::int32_t* pos, int nc, int nr, std::int32_t* offsets,
+                   std::uint8_t* inside) {
   const std::int64_t taps = s.kernel_h * s.kernel_w;
   const std::int64_t wo = s.out_width();
   for (std::int64_t j = 0; j < nr; ++j) {
     if (j >= nc) {
-      for (std::int64_t t = 0; t < taps; ++t) offsets[t * nr + j] = -1;
+      for (std::int64_t t = 0; t < taps; ++t) offsets[t * nr + j] = offsets[t * nr];
       continue;
     }
     const std::int64_t oy = pos[j] / wo, ox = pos[j] - oy * wo;
@@ -46,14 +50,24 @@ void panel_offsets(const PerforatedConvShape& s, const std::int32_t* pos, int nc
       }
     }
   }
+  for (std::int64_t t = 0; t < taps; ++t) {
+    inside[t] = 1;
+    for (int j = 0; j < nr; ++j) inside[t] &= offsets[t * nr + j] >= 0 ? 1 : 0;
+  }
 }
 
 void pack_generic(const float* image, std::int64_t plane, std::int64_t channels, std::int64_t taps,
-                  const std::int32_t* offsets, int nr, float* dst) {
+                  const std::int32_t* offsets, const std::uint8_t* inside, int nr, float* dst) {
   for (std::int64_t c = 0; c < channels; ++c) {
     const float* src = image + c * plane;
     const std::int32_t* off = offsets;
     for (std::int64_t t = 0; t < taps; ++t) {
+      if (inside[t]) {
+        for (int j = 0; j < nr; ++j) dst[j] = src[off[j]];
+        off += nr;
+        dst += nr;
+        continue;
+      }
       for (int j = 0; j < nr; ++j) {
         const std::int32_t o = off[j];
         const float v = src[o < 0 ? 0 : o];
@@ -189,9 +203,11 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     thread_local std::vector<float> packed;
     thread_local std::vector<std::int32_t> offsets;
     thread_local std::vector<PackChunk> chunks;
+    thread_local std::vector<std::uint8_t> inside;
     packed.resize(static_cast<std::size_t>(panels * k * isa.nr));
     offsets.resize(static_cast<std::size_t>(taps * isa.nr));
     chunks.resize(static_cast<std::size_t>(max_chunks));
+    inside.resize(static_cast<std::size_t>(taps));
     const float* image = x + (n * s.in_channels + g * cin_per_group) * plane_in;
     for (std::int64_t q = 0; q < panels; ++q) {
       const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
@@ -201,8 +217,8 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
       if (count > 0) {
         kernels.chunk_pack(image, geometry, chunks.data(), count, cols_here, isa.nr, dst_panel);
       } else {
-        panel_offsets(s, pos, cols_here, isa.nr, offsets.data());
-        kernels.pack(image, plane_in, cin_per_group, taps, offsets.data(), isa.nr, dst_panel);
+        panel_offsets(s, pos, cols_here, isa.nr, offsets.data(), inside.data());
+        kernels.pack(image, plane_in, cin_per_group, taps, offsets.data(), inside.data(), isa.nr, dst_panel);
       }
     }
 

@@ -8,9 +8,11 @@
 namespace onnxopt {
 
 // Gathers one packed B panel: for each of `channels` channel planes (`plane` floats apart, from
-// `image`) and each of `taps` taps, dst[nr] = plane[offsets[t * nr + j]] (0 where the offset is -1).
+// `image`) and each of `taps` taps, dst[nr] = plane[offsets[t * nr + j]] (0 where the offset is
+// -1).  inside[t] is 1 where no offset of tap t is -1 (plain loads, no checks, suffice there).
 using PerforatedPackFn = void (*)(const float* image, std::int64_t plane, std::int64_t channels,
-                                  std::int64_t taps, const std::int32_t* offsets, int nr, float* dst);
+                                  std::int64_t taps, const std::int32_t* offsets, const std::uint8_t* inside,
+                                  int nr, float* dst);
 // dst[q] = src[fill[q]] for q < count; may read up to 15 floats past the largest src[fill[q]].
 using PerforatedFillFn = void (*)(const float* src, const std::int32_t* fill, std::int64_t count, float* dst);
 
