@@ -1,6 +1,6 @@
 """Perforated convolutions against onnxruntime's dense Conv, one thread.
 
-    python -m onnxopt.runtime.bench_perforate [--runs 40] [--skip-vgg] [--budget 0.05]
+    python -m onnxopt.runtime.bench_perforate [--runs 40] [--skip-vgg] [--budgets 0.2,0.5]
 
 1. One layer, 3x3 conv 256->256 at 56x56 (batch 1): onnxruntime's Conv (MLAS) against
    PerforatedConv (our kernel) at several rates and masks, the strided-Conv realisation of the
@@ -9,8 +9,8 @@
    every round; each variant's speed-up is the median over rounds of dense time / its time in the
    same round, so drift on a noisy machine cancels. Inputs and outputs are bound once (IOBinding),
    so no variant pays for copying its result into a new numpy array.
-2. A VGG-16-style net (width 0.5, 112x112, random weights) perforated by the perforate pass to an
-   output-deviation budget on random calibration inputs (greedy selection, grid masks), and its
+2. A VGG-16-style net (width 0.5, 112x112, random weights) perforated by the perforate pass to
+   output-deviation budgets on random calibration inputs (greedy selection, grid masks), and its
    whole-network speed-up measured with interleaved pairs (``bench_pair``, target mobile-cpu).
 """
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--skip-vgg", action="store_true")
-    ap.add_argument("--budget", type=float, default=0.05, help="VGG output-deviation budget")
+    ap.add_argument("--budgets", default="0.2,0.5", help="VGG output-deviation budgets (comma-separated)")
     ap.add_argument("--strategy", default="grid")
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--size", type=int, default=112)
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     print(f"cpu {env['cpu']} ({env['cores']} cores), onnxruntime {env['onnxruntime']}")
     layer_table(args.runs)
     if not args.skip_vgg:
-        vgg_table(args.runs, args.budget, args.strategy, args.width, args.size)
+        for budget in (float(b) for b in args.budgets.split(",")):
+            vgg_table(args.runs, budget, args.strategy, args.width, args.size)
     return 0
 
 

@@ -56,10 +56,11 @@ void panel_offsets(const PerforatedConvShape& s, const std::int32_t* pos, int nc
   }
 }
 
-void pack_generic(const float* image, std::int64_t plane, std::int64_t channels, std::int64_t taps,
-                  const std::int32_t* offsets, const std::uint8_t* inside, int nr, float* dst) {
-  for (std::int64_t c = 0; c < channels; ++c) {
-    const float* src = image + c * plane;
+void pack_generic(const float* image, const PanelGeometry& g, const std::int32_t* offsets,
+                  const std::uint8_t* inside, int nr, float* dst) {
+  const std::int64_t taps = g.kernel_h * g.kernel_w;
+  for (std::int64_t c = 0; c < g.channels; ++c) {
+    const float* src = image + c * g.plane;
     const std::int32_t* off = offsets;
     for (std::int64_t t = 0; t < taps; ++t) {
       if (inside[t]) {
@@ -218,7 +219,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
         kernels.chunk_pack(image, geometry, chunks.data(), count, cols_here, isa.nr, dst_panel);
       } else {
         panel_offsets(s, pos, cols_here, isa.nr, offsets.data(), inside.data());
-        kernels.pack(image, plane_in, cin_per_group, taps, offsets.data(), inside.data(), isa.nr, dst_panel);
+        kernels.pack(image, geometry, offsets.data(), inside.data(), isa.nr, dst_panel);
       }
     }
 

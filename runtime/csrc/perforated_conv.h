@@ -7,7 +7,9 @@
 // panels ([K][nr], K = Cin/group * kh * kw, k = (c * kh + ky) * kw + kx like W's layout), runs the
 // packed tiles of gemm.h against the packed weights into a compact [N, Cout, P] buffer, and a
 // second parallel pass scatters that buffer to [N, Cout, Ho, Wo] through `fill`.  No full-size
-// im2col buffer and no dense output are ever built.  onnxruntime-free, like address_conv.h.
+// im2col buffer and no dense output are ever built.  The packing and the fill are memory-bound
+// loops with AVX-512 versions (perforated_conv_avx512.cc, chosen with the AVX-512 GEMM) and
+// portable ones.  onnxruntime-free, like address_conv.h.
 #pragma once
 
 #include <cstdint>

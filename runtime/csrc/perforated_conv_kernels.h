@@ -7,12 +7,6 @@
 
 namespace onnxopt {
 
-// Gathers one packed B panel: for each of `channels` channel planes (`plane` floats apart, from
-// `image`) and each of `taps` taps, dst[nr] = plane[offsets[t * nr + j]] (0 where the offset is
-// -1).  inside[t] is 1 where no offset of tap t is -1 (plain loads, no checks, suffice there).
-using PerforatedPackFn = void (*)(const float* image, std::int64_t plane, std::int64_t channels,
-                                  std::int64_t taps, const std::int32_t* offsets, const std::uint8_t* inside,
-                                  int nr, float* dst);
 // dst[q] = src[fill[q]] for q < count; may read up to 15 floats past the largest src[fill[q]].
 using PerforatedFillFn = void (*)(const float* src, const std::int32_t* fill, std::int64_t count, float* dst);
 
@@ -28,6 +22,12 @@ struct PackChunk {
 struct PanelGeometry {
   std::int64_t plane, channels, height, width, kernel_h, kernel_w, dilation_h, dilation_w;
 };
+
+// Gathers one packed B panel: for each of the g.channels channel planes (g.plane floats apart,
+// from `image`) and each of the kernel's taps t, dst[nr] = plane[offsets[t * nr + j]] (0 where
+// the offset is -1).  inside[t] is 1 where no offset of tap t is -1.
+using PerforatedPackFn = void (*)(const float* image, const PanelGeometry& g, const std::int32_t* offsets,
+                                  const std::uint8_t* inside, int nr, float* dst);
 
 // Packs one panel from its chunks (row-wise loads compressed to the kept columns, no gathers);
 // columns [nc, nr) of every row are zeroed.
