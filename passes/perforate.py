@@ -123,6 +123,17 @@ class PerforatePass:
         return result
 
 
+def _library_id() -> str:
+    """Size and mtime of the native library (or 'nolib'): part of the layer-time key of kernel layers."""
+    from onnxopt.runtime import library_path
+
+    lib = library_path()
+    if lib is None:
+        return "nolib"
+    st = lib.stat()
+    return f"lib{st.st_size}-{int(st.st_mtime)}"
+
+
 def _ints(node: gs.Node, key: str, default: list[int]) -> list[int]:
     value = node.attrs.get(key)
     return list(value) if value is not None else list(default)
@@ -457,6 +468,8 @@ class _Perforator:
         if rate < 1.0 and realisation is None:
             realisation = "strided" if self.strided_plan(layer, rate) is not None else "kernel"
         op = "Conv" if rate >= 1.0 else f"PerforatedConv:{self.strategy}:{realisation}:seed{self.seed}"
+        if realisation == "kernel":
+            op += f":{_library_id()}"  # a rebuilt kernel is re-measured, not read from the cache
         key = layer_key(op, [[1, *layer.x_shape[1:]], layer.w_shape], layer.attrs(), rate)
         return self.lut.time_ms(key, lambda: self._layer_model(layer, rate, realisation))
 
