@@ -338,6 +338,16 @@ def test_greedy_with_accuracy_budget_and_labels(tmp_path, calib):
     assert d["accuracy"] >= d["accuracy_before"]
 
 
+def test_greedy_latency_budget(tmp_path, calib):
+    _, report = perforate(tiny_net(), {"budget_latency_ms": 1e6}, tmp_path, calibration=calib)
+    d = report.passes[0].details
+    assert not d["layers"] and d["latency_estimate_ms"] == d["latency_base_ms"]  # already fast enough
+    _, report = perforate(tiny_net(), {"budget_latency_ms": 0.0, "strategy": "uniform"}, tmp_path, calibration=calib)
+    res = report.passes[0]
+    assert res.details["latency_estimate_ms"] < res.details["latency_base_ms"] or not res.details["layers"]
+    assert any("latency budget" in reason for _, reason in res.declined)
+
+
 @pytest.mark.parametrize("opts", [{"budget_deviation": 0.1}, {"budget_latency_ms": 0.01}])
 def test_automatic_selection_refuses_without_calibration(tmp_path, opts):
     out, report = perforate(tiny_net(), opts, tmp_path)
