@@ -324,7 +324,8 @@ def test_greedy_respects_a_deviation_budget(tmp_path, calib):
     res = report.passes[0]
     assert res.skipped is None
     assert res.details["deviation"] <= budget
-    assert res.details["greedy_steps"]
+    if LIB is not None:  # without the library a uniform mask runs as the dense fallback: no step saves time
+        assert res.details["greedy_steps"]
     ref = session(fit_ir_version(tiny_net())).run(None, calib)[0]
     got = session(out).run(None, calib)[0]
     assert np.abs(got - ref).max() / np.abs(ref).max() <= budget + 1e-6
