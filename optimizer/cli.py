@@ -14,6 +14,7 @@ import click
 
 from . import api
 from .errors import OnnxoptError
+from .passmanager import default_pipeline
 from .report import human
 
 log = logging.getLogger("onnxopt")
@@ -80,19 +81,43 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
 @click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of verification inputs (default: random).")
 @click.option("--target", help="Also measure before/after latency on this target (e.g. mobile-cpu, cpu, cuda, profile.toml).")
+@click.option("--perforate", "perforate", metavar="SPEC",
+              help="Perforate convs (lossy): LAYER=RATE,... or STRATEGY:RATE for every eligible conv, or STRATEGY "
+                   "with a budget (strategies grid, uniform, pooling, impact).")
+@click.option("--calibration", type=click.Path(dir_okay=False), help=".npz of calibration inputs (+ optional 'labels').")
+@click.option("--budget-deviation", type=float, help="Perforate automatically up to this max output deviation (relative).")
+@click.option("--budget-accuracy-drop", type=float, help="Perforate automatically up to this top-1 accuracy drop (0.01 = 1%).")
+@click.option("--budget-latency-ms", type=float, help="Perforate automatically until the network is estimated this fast.")
 @click.option("--option", "pass_options", multiple=True, metavar="PASS.KEY=VALUE",
               help="A pass option (repeatable), e.g. strip-near.threshold=0.01 or strip.bias_map=true.")
 @shape_option
 @rtol_option
-def apply_cmd(model, output, passes, report_path, inputs, input_shapes, rtol, target, pass_options):
+def apply_cmd(model, output, passes, report_path, inputs, input_shapes, rtol, target, perforate, calibration,
+              budget_deviation, budget_accuracy_drop, budget_latency_ms, pass_options):
     """Optimise MODEL, verify it against the original, write the result."""
     out = output or str(api.default_output(model))
     tgt = _target(target) if target else None
-    _, report = api.apply(model, passes=_parse_list(passes), output=out, inputs=inputs, target=tgt,
-                          options=_parse_options(pass_options),
+    budgets = {k: v for k, v in (("budget_deviation", budget_deviation), ("budget_accuracy_drop", budget_accuracy_drop),
+                                 ("budget_latency_ms", budget_latency_ms)) if v is not None}
+    pass_list, options, cal, labels = _parse_list(passes), _parse_options(pass_options), None, None
+    if calibration:
+        cal, labels = _load_calibration(calibration, model)
+    if perforate or budgets:
+        if budgets and cal is None:
+            raise OnnxoptError("automatic perforation (--budget-*) needs --calibration NPZ (inputs, optional labels)")
+        options["perforate"] = {**options.get("perforate", {}), **_parse_perforate(perforate), **budgets}
+        pass_list = pass_list if pass_list is not None else default_pipeline()
+        pass_list += [] if "perforate" in pass_list else ["perforate"]
+    _, report = api.apply(model, passes=pass_list, output=out, inputs=inputs, target=tgt, options=options,
+                          calibration=cal, labels=labels,
                           input_shapes=_parse_shapes(input_shapes), rtol=rtol, report_path=report_path)
     click.echo(f"onnxopt apply: {model} -> {out}")
     click.echo(report.summary())
+    perf = next((p for p in report.passes if p.name == "perforate" and p.details.get("layers")), None)
+    if perf is not None:
+        from onnxopt.passes.perforate import format_layers
+
+        click.echo(format_layers(perf.details["layers"]))
     if report_path:
         click.echo(f"report: {report_path}")
 
@@ -147,6 +172,67 @@ def verify_cmd(a, b, inputs, input_shapes, rtol):
     click.echo(f"{'match' if result.ok else 'MISMATCH'} (rtol {rtol:g})")
     if not result.ok:
         sys.exit(1)
+
+
+def _parse_perforate(spec: str | None) -> dict:
+    """``conv1=0.5,conv3=0.25`` | ``grid:0.5`` | ``uniform:conv1=0.5`` | ``impact`` -> perforate options."""
+    if not spec:
+        return {}
+    strategy, sep, rest = spec.partition(":")
+    if not sep:
+        strategy, rest = ("", spec) if "=" in spec or _is_number(spec) else (spec, "")
+    opts: dict = {"strategy": strategy} if strategy else {}
+    rest = rest.strip()
+    try:
+        if not rest:
+            pass
+        elif "=" not in rest:
+            opts["rate"] = float(rest)
+        else:
+            opts["rates"] = {}
+            for item in _parse_list(rest) or []:
+                name, eq, value = item.rpartition("=")
+                if not eq or not name:
+                    raise ValueError
+                opts["rates"][name.strip()] = float(value)
+    except ValueError:
+        raise OnnxoptError(f"--perforate {spec!r}: expected LAYER=RATE,... or STRATEGY:RATE (e.g. grid:0.5)") from None
+    for r in ([opts["rate"]] if "rate" in opts else []) + list(opts.get("rates", {}).values()):
+        if not 0 < r <= 1:
+            raise OnnxoptError(f"--perforate {spec!r}: a rate is the kept fraction, in (0, 1]; got {r:g}")
+    return opts
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _load_calibration(path: str, model: str):
+    """Inputs by name (a single input may use any key) and the optional ``labels`` array."""
+    import numpy as np
+
+    from . import ir
+    from .verify import graph_inputs
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise OnnxoptError(f"--calibration {path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - np.load raises several error types for bad files
+        raise OnnxoptError(f"--calibration {path}: not a readable .npz file ({type(e).__name__})") from None
+    labels = data.pop("labels", None)
+    names = [vi.name for vi in graph_inputs(ir.load_model(model))]
+    if len(names) == 1 and len(data) == 1 and names[0] not in data:
+        data = {names[0]: next(iter(data.values()))}
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise OnnxoptError(f"--calibration {path}: no array for input {missing[0]!r} (has {', '.join(data) or 'nothing'})")
+    return {n: data[n] for n in names}, labels
 
 
 def _target(name):

@@ -51,6 +51,16 @@ def _conv_macs(node, shapes, inits):
     return int(np.prod(y, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
 
 
+@mac_rule("PerforatedConv", domain="ai.onnxopt")
+def _perforated_conv_macs(node, shapes, inits):
+    """Kept positions x the MACs of one output position (the fill costs no MACs)."""
+    x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+    positions = inits.get(node.input[3]) if len(node.input) > 3 else None
+    if x is None or w is None or positions is None:
+        return None
+    return int(x[0] * w[0] * positions.size * np.prod(w[1:], dtype=np.int64))
+
+
 @mac_rule("ConvTranspose")
 def _conv_transpose_macs(node, shapes, inits):
     x, w = shapes.get(node.input[0]), shapes.get(node.input[1])

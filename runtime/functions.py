@@ -96,8 +96,40 @@ def address_conv_function(opset: int) -> onnx.FunctionProto:
     return f
 
 
+def perforated_conv_function(opset: int) -> onnx.FunctionProto:
+    """The PerforatedConv FunctionProto: the dense Conv, then every position takes the value at
+    ``positions[fill[q]]`` (two Gathers over the flattened plane). Exact, and as slow as the dense
+    conv: it is the fallback for runtimes without our library, not a fast path."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"{ops.PERFORATED_CONV} fallback needs opset >= {MIN_OPSET}, model has {opset}")
+    n = helper.make_node
+    conv = n("Conv", ["X", "W", "B"], ["Yd"])
+    for name, kind in (("kernel_shape", onnx.AttributeProto.INTS), ("strides", onnx.AttributeProto.INTS),
+                       ("pads", onnx.AttributeProto.INTS), ("dilations", onnx.AttributeProto.INTS),
+                       ("group", onnx.AttributeProto.INT)):
+        conv.attribute.append(onnx.AttributeProto(name=name, ref_attr_name=name, type=kind))
+    nodes = [
+        conv,
+        _const("c0", [0]), _const("c2", [2]), _const("minus1", [-1]),
+        n("Shape", ["Yd"], ["yshape"]),
+        n("Slice", ["yshape", "c0", "c2"], ["nc"]),
+        n("Concat", ["nc", "minus1"], ["flat"], axis=0),
+        n("Reshape", ["Yd", "flat"], ["Yf"]),
+        n("Gather", ["Yf", "positions"], ["Yk"], axis=2),
+        n("Gather", ["Yk", "fill"], ["Yg"], axis=2),
+        n("Reshape", ["Yg", "yshape"], ["Y"]),
+    ]
+    f = helper.make_function(
+        ops.DOMAIN, ops.PERFORATED_CONV, inputs=["X", "W", "B", "positions", "fill"], outputs=["Y"], nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["kernel_shape", "strides", "pads", "dilations", "group"])
+    f.doc_string = (f"{ops.PERFORATED_CONV} from standard ops: the dense Conv, then output position q takes "
+                    "the value at positions[fill[q]] (Gather, Gather on the flattened plane).")
+    return f
+
+
 #: Builders of each custom op's fallback function, keyed by op type.
-FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function}
+FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function, ops.PERFORATED_CONV: perforated_conv_function}
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -147,6 +179,43 @@ def address_conv_model(x_shape, weight, bias, address, group: int = 1, strides=(
     graph = helper.make_graph([node], "address_conv",
                               [helper.make_tensor_value_info("X", TensorProto.FLOAT, dims)],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_dims)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.ir_version = 10
+    if with_functions:
+        add_functions(model)
+    return model
+
+
+def perforated_conv_model(x_shape, weight, bias, positions, fill, group: int = 1, strides=(1, 1),
+                          pads=(0, 0, 0, 0), dilations=(1, 1), opset: int = 17, dynamic_batch: bool = False,
+                          dynamic_hw: bool = False, with_functions: bool = True) -> onnx.ModelProto:
+    """A one-node model ``Y = PerforatedConv(X, W, B, positions, fill)`` with W, B, positions, fill as
+    initializers (for tests, benchmarks and latency tables). ``bias`` may be None (input left empty)."""
+    import numpy as np
+
+    n, c, h, w = x_shape
+    weight = np.asarray(weight, np.float32)
+    kh, kw = weight.shape[2:]
+    ho = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    batch = "N" if dynamic_batch else n
+    inits = [onnx.numpy_helper.from_array(weight, "W"),
+             onnx.numpy_helper.from_array(np.asarray(positions, np.int32), "positions"),
+             onnx.numpy_helper.from_array(np.asarray(fill, np.int32), "fill")]
+    inputs = ["X", "W", "", "positions", "fill"]
+    if bias is not None:
+        inits.append(onnx.numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
+        inputs[2] = "B"
+    node = helper.make_node(ops.PERFORATED_CONV, inputs, ["Y"], domain=ops.DOMAIN, kernel_shape=[kh, kw],
+                            group=group, strides=list(strides), pads=list(pads), dilations=list(dilations))
+    graph = helper.make_graph([node], "perforated_conv",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                             [batch, c, "H", "W"] if dynamic_hw else [batch, c, h, w])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT,
+                                                             [batch, len(weight), "Ho", "Wo"] if dynamic_hw
+                                                             else [batch, len(weight), ho, wo])],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
     model.ir_version = 10

@@ -9,5 +9,5 @@ OP_VERSION = 1
 ADDRESS_CONV = "AddressConv"
 PERFORATED_CONV = "PerforatedConv"
 
-#: The ops the native library registers (PerforatedConv is not implemented yet).
-NATIVE_OPS = (ADDRESS_CONV,)
+#: The ops the native library registers.
+NATIVE_OPS = (ADDRESS_CONV, PERFORATED_CONV)

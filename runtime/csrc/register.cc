@@ -7,6 +7,7 @@
 #include "address_conv_op.h"
 #include "gemm.h"
 #include "op_names.h"
+#include "perforated_conv_op.h"
 
 #define ONNXOPT_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -14,6 +15,11 @@ namespace {
 
 onnxopt::AddressConvOp& address_conv_op() {
   static onnxopt::AddressConvOp op;
+  return op;
+}
+
+onnxopt::PerforatedConvOp& perforated_conv_op() {
+  static onnxopt::PerforatedConvOp op;
   return op;
 }
 
@@ -29,6 +35,7 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain(onnxopt::kDomain, &domain)) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_op())) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &perforated_conv_op())) return st;
   if (OrtStatus* st = api->AddCustomOpDomain(options, domain)) return st;
   // onnxruntime keeps using the domain after the session options die; it is deliberately never
   // released (released at exit it could outlive onnxruntime itself).
@@ -39,10 +46,11 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   return nullptr;
 }
 
-// "domain=ai.onnxopt;version=1;ops=AddressConv;gemm=avx512f"
+// "domain=ai.onnxopt;version=1;ops=AddressConv,PerforatedConv;gemm=avx512f"
 ONNXOPT_EXPORT const char* onnxopt_ops_info() {
   static const std::string info = std::string("domain=") + onnxopt::kDomain +
                                   ";version=" + std::to_string(onnxopt::kOpVersion) +
-                                  ";ops=" + onnxopt::kAddressConv + ";gemm=" + onnxopt::gemm_isa().name;
+                                  ";ops=" + onnxopt::kAddressConv + "," +
+                                  onnxopt::kPerforatedConv + ";gemm=" + onnxopt::gemm_isa().name;
   return info.c_str();
 }

@@ -1,0 +1,49 @@
+// PerforatedConv: a 2-D convolution (any kernel, stride, dilation, padding, group) evaluated
+// only at the kept output positions `positions` (indices into the flattened Ho*Wo plane); every
+// output position q then takes the value computed at positions[fill[q]].
+//
+// Per work item (image, group, block of kept positions, share of the output channels) the kernel
+// gathers the im2row rows of just those positions straight into the micro-kernel's packed B
+// panels ([K][nr], K = Cin/group * kh * kw, k = (c * kh + ky) * kw + kx like W's layout), runs the
+// packed tiles of gemm.h against the packed weights into a compact [N, Cout, P] buffer, and a
+// second parallel pass scatters that buffer to [N, Cout, Ho, Wo] through `fill`.  No full-size
+// im2col buffer and no dense output are ever built.  The packing and the fill are memory-bound
+// loops with AVX-512 versions (perforated_conv_avx512.cc, chosen with the AVX-512 GEMM) and
+// portable ones.  onnxruntime-free, like address_conv.h.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "address_conv.h"  // PackedWeights, ParallelFor
+#include "gemm.h"
+
+namespace onnxopt {
+
+struct PerforatedConvShape {
+  std::int64_t batch = 0, in_channels = 0, height = 0, width = 0;
+  std::int64_t out_channels = 0, group = 1;
+  std::int64_t kernel_h = 1, kernel_w = 1;
+  std::int64_t stride_h = 1, stride_w = 1, dilation_h = 1, dilation_w = 1;
+  std::int64_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  std::int64_t out_height() const {
+    return (height + pad_top + pad_bottom - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
+  }
+  std::int64_t out_width() const {
+    return (width + pad_left + pad_right - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
+  }
+  std::int64_t k_per_group() const { return in_channels / group * kernel_h * kernel_w; }
+};
+
+// Empty string when `positions` ([count] entries) and `fill` ([plane] entries) are a valid mask
+// for an output plane of `plane` positions, else what is wrong (for the error the op returns).
+std::string validate_mask(const std::int32_t* positions, std::int64_t count, const std::int32_t* fill,
+                          std::int64_t plane);
+
+// y [N, Cout, Ho, Wo] = PerforatedConv(x [N, Cin, H, W], weights [Cout, K] packed, bias [Cout] or
+// null, positions [P], fill [Ho*Wo]).  The mask must have been validated for Ho*Wo.
+void perforated_conv(const PerforatedConvShape& shape, const float* x, const PackedWeights& weights,
+                     const float* bias, const std::int32_t* positions, std::int64_t count,
+                     const std::int32_t* fill, float* y, const GemmIsa& isa, const ParallelFor& parallel_for);
+
+}  // namespace onnxopt
