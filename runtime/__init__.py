@@ -32,6 +32,25 @@ def library_path() -> Path | None:
     return None
 
 
+def ops_info() -> dict[str, str]:
+    """The library's self-description (``onnxopt_ops_info``) as a dict, e.g. ``{"domain": "ai.onnxopt",
+    "version": "1", "ops": "AddressConv", "gemm": "avx512f", "cuda": "off"}``; empty without a library."""
+    lib = library_path()
+    if lib is None:
+        return {}
+    import ctypes
+
+    fn = ctypes.CDLL(str(lib)).onnxopt_ops_info
+    fn.restype = ctypes.c_char_p
+    return dict(kv.split("=", 1) for kv in fn().decode().split(";"))
+
+
+def cuda_enabled() -> bool:
+    """Whether the library was built with its CUDA kernels (``ONNXOPT_CUDA=1``). Says nothing about
+    whether a GPU or onnxruntime's CUDAExecutionProvider is there."""
+    return ops_info().get("cuda") == "on"
+
+
 def session_options(threads: int | None = None, opt_level: str = "all", custom_ops: bool = True,
                     spinning: bool | None = None, profile_prefix: str | None = None):
     """onnxruntime SessionOptions with our library registered (when present and ``custom_ops``)."""

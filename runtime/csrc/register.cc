@@ -8,6 +8,10 @@
 #include "gemm.h"
 #include "op_names.h"
 #include "perforated_conv_op.h"
+#ifdef ONNXOPT_WITH_CUDA
+#include "address_conv_cuda.h"
+#include "perforated_conv_cuda.h"
+#endif
 
 #define ONNXOPT_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -23,6 +27,23 @@ onnxopt::PerforatedConvOp& perforated_conv_op() {
   return op;
 }
 
+#ifdef ONNXOPT_WITH_CUDA
+// The CUDA variants: same domain and names, GetExecutionProviderType() = CUDAExecutionProvider, so
+// onnxruntime picks them for nodes it places on the CUDA provider and the CPU ones elsewhere.
+onnxopt::cuda::AddressConvCudaOp& address_conv_cuda_op() {
+  static onnxopt::cuda::AddressConvCudaOp op;
+  return op;
+}
+
+onnxopt::cuda::PerforatedConvCudaOp& perforated_conv_cuda_op() {
+  static onnxopt::cuda::PerforatedConvCudaOp op;
+  return op;
+}
+constexpr const char* kCudaInfo = "on";
+#else
+constexpr const char* kCudaInfo = "off";
+#endif
+
 }  // namespace
 
 ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
@@ -36,6 +57,10 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   if (OrtStatus* st = api->CreateCustomOpDomain(onnxopt::kDomain, &domain)) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &perforated_conv_op())) return st;
+#ifdef ONNXOPT_WITH_CUDA
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_cuda_op())) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &perforated_conv_cuda_op())) return st;
+#endif
   if (OrtStatus* st = api->AddCustomOpDomain(options, domain)) return st;
   // onnxruntime keeps using the domain after the session options die; it is deliberately never
   // released (released at exit it could outlive onnxruntime itself).
@@ -46,11 +71,12 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   return nullptr;
 }
 
-// "domain=ai.onnxopt;version=1;ops=AddressConv,PerforatedConv;gemm=avx512f"
+// "domain=ai.onnxopt;version=1;ops=AddressConv,PerforatedConv;gemm=avx512f;cuda=off" (ops: the CPU
+// kernels; cuda=on: the library also has the CUDA kernels of AddressConv and PerforatedConv)
 ONNXOPT_EXPORT const char* onnxopt_ops_info() {
   static const std::string info = std::string("domain=") + onnxopt::kDomain +
                                   ";version=" + std::to_string(onnxopt::kOpVersion) +
-                                  ";ops=" + onnxopt::kAddressConv + "," +
-                                  onnxopt::kPerforatedConv + ";gemm=" + onnxopt::gemm_isa().name;
+                                  ";ops=" + onnxopt::kAddressConv + "," + onnxopt::kPerforatedConv +
+                                  ";gemm=" + onnxopt::gemm_isa().name + ";cuda=" + kCudaInfo;
   return info.c_str();
 }
