@@ -77,7 +77,8 @@ std::string validate_addresses(const std::int32_t* address, std::int64_t rows, s
 
 void address_conv(const AddressConvShape& s, const float* x, const PackedWeights& weights,
                   const float* bias, const std::int32_t* address, float* y,
-                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel) {
+                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel,
+                  const AddressConvEpilogue& epilogue) {
   const std::int64_t positions = s.out_height() * s.out_width();
   const std::int64_t k = s.in_channels / s.group;
   const std::int64_t m_per_group = s.out_channels / s.group;
@@ -118,10 +119,17 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
                 s.stride_h, s.stride_w, p0, nc, static_cast<int>(nr), dst, runs.data()};
     isa.pack(job);
   };
+  // The epilogue of the tile whose first output is y + offset (null: none).
+  const bool fused = !epilogue.empty();
+  auto tile_epilogue = [&](std::int64_t offset) {
+    return Epilogue{epilogue.residual ? epilogue.residual + offset : nullptr, positions, epilogue.clip_min,
+                    epilogue.clip_max};
+  };
   // Output rows [m_begin, m_end) of group g times the packed positions [p0, p0 + nc).
   auto multiply = [&](std::int64_t n, std::int64_t g, std::int64_t p0, std::int64_t nc, const float* packed,
                       std::int64_t m_begin, std::int64_t m_end) {
-    float* out = y + (n * s.out_channels) * positions + p0;
+    const std::int64_t base = (n * s.out_channels) * positions + p0;
+    float* out = y + base;
     if (by_channels) {  // p0 == 0, nc == positions: rows of positions, balanced
       const std::int64_t row_blocks = div_up(nc, channel->rows);
       for (std::int64_t m = m_begin; m < m_end; m += mstep) {
@@ -130,8 +138,9 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
         const float* w = weights.channel_panel(g, m);
         for (std::int64_t rb = 0, r0 = 0; rb < row_blocks; ++rb) {
           const std::int64_t rows = nc / row_blocks + (rb < nc % row_blocks ? 1 : 0);
-          channel->tile(static_cast<int>(k), w, nch, packed + r0, nr, static_cast<int>(rows),
-                        bias ? bias + row : nullptr, out + row * positions + r0, positions);
+          const Epilogue ep = tile_epilogue(base + row * positions + r0);
+          channel->tile_ep(static_cast<int>(k), w, nch, packed + r0, nr, static_cast<int>(rows),
+                           bias ? bias + row : nullptr, out + row * positions + r0, positions, fused ? &ep : nullptr);
           r0 += rows;
         }
       }
@@ -146,9 +155,10 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
       for (std::int64_t m = m_begin; m < m_end;) {
         const std::int64_t nch = std::min(m_end - m, channel->nw - m % channel->nw);
         const std::int64_t row = g * m_per_group + m;
-        channel->tile(static_cast<int>(k), weights.channel_panel(g, m - m % channel->nw) + m % channel->nw,
-                      static_cast<int>(nch), tail, nr, static_cast<int>(rest), bias ? bias + row : nullptr,
-                      out + row * positions + panels * nr, positions);
+        const Epilogue ep = tile_epilogue(base + row * positions + panels * nr);
+        channel->tile_ep(static_cast<int>(k), weights.channel_panel(g, m - m % channel->nw) + m % channel->nw,
+                         static_cast<int>(nch), tail, nr, static_cast<int>(rest), bias ? bias + row : nullptr,
+                         out + row * positions + panels * nr, positions, fused ? &ep : nullptr);
         m += nch;
       }
     }
@@ -158,8 +168,9 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
       const float* a = weights.block(row);
       for (std::int64_t q = 0; q < panels; ++q) {
         const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
-        isa.tile(static_cast<int>(k), a, mr, packed + q * k * nr, cols_here,
-                 bias ? bias + row : nullptr, out + row * positions + q * nr, positions);
+        const Epilogue ep = tile_epilogue(base + row * positions + q * nr);
+        isa.tile_ep(static_cast<int>(k), a, mr, packed + q * k * nr, cols_here, bias ? bias + row : nullptr,
+                    out + row * positions + q * nr, positions, fused ? &ep : nullptr);
       }
     }
   };

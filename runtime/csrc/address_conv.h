@@ -7,7 +7,9 @@
 // the custom-op wrapper (address_conv_op.cc) or by anything else.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -60,11 +62,22 @@ using ParallelFor = std::function<void(std::size_t total, const std::function<vo
 // (reads outside the image are zero).
 std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels);
 
+// What is fused after the conv: y = min(max(conv + bias + residual, clip_min), clip_max), applied
+// to each tile in registers before its store (no second pass over y).  residual [N, Cout, Ho, Wo]
+// or null; clip_min = -inf and clip_max = +inf clamp nothing (Relu: clip_min = 0).
+struct AddressConvEpilogue {
+  const float* residual = nullptr;
+  float clip_min = -std::numeric_limits<float>::infinity();
+  float clip_max = std::numeric_limits<float>::infinity();
+  bool empty() const { return !residual && std::isinf(clip_min) && clip_min < 0 && std::isinf(clip_max) && clip_max > 0; }
+};
+
 // y [N, Cout, Ho, Wo] = AddressConv(x [N, Csrc, H, W], weights, bias [Cout] or null,
-// address [Cin, 3]).  The address table must have been validated.  `channel` (optional, e.g.
-// gemm_channel_isa()) lets small maps use channel-vectorised tiles.
+// address [Cin, 3]), then the epilogue.  The address table must have been validated.  `channel`
+// (optional, e.g. gemm_channel_isa()) lets small maps use channel-vectorised tiles.
 void address_conv(const AddressConvShape& shape, const float* x, const PackedWeights& weights,
                   const float* bias, const std::int32_t* address, float* y,
-                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel = nullptr);
+                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel = nullptr,
+                  const AddressConvEpilogue& epilogue = {});
 
 }  // namespace onnxopt

@@ -17,6 +17,20 @@ namespace onnxopt {
 using TileFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
                         float* c, std::ptrdiff_t ldc);
 
+// What a tile does to its sums in registers, before its store (the *_ep entry points; TileFn and
+// ChannelTileFn are these with no epilogue):
+//   c = min(max(sum + residual, lo), hi)
+// sum = bias + the products as above; residual (may be null) has c's layout, row stride ldr, and
+// points at the tile's first output; a NaN sum stays NaN; lo = -inf, hi = +inf clamp nothing.
+struct Epilogue {
+  const float* residual;
+  std::ptrdiff_t ldr;
+  float lo, hi;
+};
+
+using TileEpFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
+                          float* c, std::ptrdiff_t ldc, const Epilogue* ep);
+
 // A run of consecutive output positions on one output row, inside one packed panel.
 struct PackRun {
   std::int32_t panel;   // panel index within the block
@@ -50,6 +64,7 @@ struct GemmIsa {
   int nr;  // columns of one packed B panel
   TileFn tile;
   PackFn pack;
+  TileEpFn tile_ep;  // tile with an epilogue (ep may be null: same as tile)
 };
 
 // The best micro-kernel this CPU runs (AVX-512F, AVX2+FMA, or portable C++), chosen once.
@@ -63,12 +78,16 @@ const GemmIsa& gemm_isa();
 //   c[ch * ldc + r] = (bias ? bias[ch] : 0) + sum_k w[k * nw + ch] * b[k * ldb + r].
 using ChannelTileFn = void (*)(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows,
                                const float* bias, float* c, std::ptrdiff_t ldc);
+// The same with an epilogue (see Epilogue; residual in c's layout: channel ch at residual + ch * ldr).
+using ChannelTileEpFn = void (*)(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows,
+                                 const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep);
 
 struct ChannelGemm {
   const char* name;
   int rows;  // most output positions in one tile
   int nw;    // channels of one packed weight panel
   ChannelTileFn tile;
+  ChannelTileEpFn tile_ep;
 };
 
 // The channel-vectorised tiles that go with gemm_isa(), or nullptr where it has none.

@@ -11,9 +11,16 @@ namespace {
 constexpr int kMR = 12;
 constexpr int kNR = 32;
 
+// The epilogue on a vector of sums (see Epilogue): + residual (masked load), then clamp.
+inline __m512 finish(__m512 x, const Epilogue* ep, const float* residual, __mmask16 m) {
+  if (residual) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, residual));
+  // max(lo, x) / min(hi, x) return x when x is NaN (second operand)
+  return _mm512_min_ps(_mm512_set1_ps(ep->hi), _mm512_max_ps(_mm512_set1_ps(ep->lo), x));
+}
+
 template <int MR, int NV>
 void tile(int K, const float* a, const float* b, int nc, const float* bias, float* c,
-          std::ptrdiff_t ldc) {
+          std::ptrdiff_t ldc, const Epilogue* ep) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -41,6 +48,14 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
     const int left = nc - 16 * v;
     mask[v] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
   }
+  if (ep) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = finish(acc[r][v], ep, ep->residual ? ep->residual + r * ep->ldr + 16 * v : nullptr, mask[v]);
+    }
+  }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 2
@@ -48,7 +63,7 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
   }
 }
 
-using Fn = void (*)(int, const float*, const float*, int, const float*, float*, std::ptrdiff_t);
+using Fn = void (*)(int, const float*, const float*, int, const float*, float*, std::ptrdiff_t, const Epilogue*);
 
 // Indexed by [rows - 1][vectors - 1].  No std:: templates in this file: an out-of-line copy
 // compiled with this file's -m flags could be picked by the linker for other files.
@@ -74,7 +89,7 @@ const Fn kTable[kMR][2] = {
 // shape).
 template <int NC>
 void narrow(int K, const float* a, int mr, const float* b, const float* bias, float* c,
-            std::ptrdiff_t ldc) {
+            std::ptrdiff_t ldc, const Epilogue* ep) {
   constexpr int U = NC == 1 ? 8 : NC <= 3 ? 4 : 2;
   const __mmask16 m = static_cast<__mmask16>((1u << mr) - 1u);
   __m512 acc[U][NC];
@@ -111,28 +126,46 @@ void narrow(int K, const float* a, int mr, const float* b, const float* bias, fl
     for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[u][j]);
     _mm512_store_ps(out[j], s);
   }
+  if (ep) {
+    for (int r = 0; r < mr; ++r) {
+      for (int j = 0; j < NC; ++j) {
+        float v = out[j][r];
+        if (ep->residual) v += ep->residual[r * ep->ldr + j];
+        v = v < ep->lo ? ep->lo : v;  // NaN stays NaN, as max(lo, x) in finish()
+        c[r * ldc + j] = v > ep->hi ? ep->hi : v;
+      }
+    }
+    return;
+  }
   for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
     for (int j = 0; j < NC; ++j) c[r * ldc + j] = out[j][r];
   }
 }
 
-using NarrowFn = void (*)(int, const float*, int, const float*, const float*, float*, std::ptrdiff_t);
+using NarrowFn = void (*)(int, const float*, int, const float*, const float*, float*, std::ptrdiff_t, const Epilogue*);
 const NarrowFn kNarrow[8] = {&narrow<1>, &narrow<2>, &narrow<3>, &narrow<4>,
                              &narrow<5>, &narrow<6>, &narrow<7>, &narrow<8>};
 
 // Full 16-column vectors go through tile<>; a short rest (<= 8 columns) through narrow<>, so
 // tails such as 7x7 = 49 = 32 + 16 + 1 positions cost 1 column, not 16.  The choice depends on
 // nc only (not on mr), so how the rows are split never changes how an output is summed.
-void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
-                   std::ptrdiff_t ldc) {
+void tile_ep(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c, std::ptrdiff_t ldc,
+             const Epilogue* ep) {
   const int full = nc / 16, rest = nc % 16;
   if (rest == 0 || rest > 8) {
-    kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc);
+    kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc, ep);
     return;
   }
-  if (full > 0) kTable[mr - 1][full - 1](K, a, b, 16 * full, bias, c, ldc);
-  kNarrow[rest - 1](K, a, mr, b + 16 * full, bias, c + 16 * full, ldc);
+  if (full > 0) kTable[mr - 1][full - 1](K, a, b, 16 * full, bias, c, ldc, ep);
+  Epilogue rest_ep;
+  if (ep) rest_ep = Epilogue{ep->residual ? ep->residual + 16 * full : nullptr, ep->ldr, ep->lo, ep->hi};
+  kNarrow[rest - 1](K, a, mr, b + 16 * full, bias, c + 16 * full, ldc, ep ? &rest_ep : nullptr);
+}
+
+void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
+                   std::ptrdiff_t ldc) {
+  tile_ep(K, a, mr, b, nc, bias, c, ldc, nullptr);
 }
 
 __mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
@@ -298,7 +331,7 @@ constexpr int kNW = 32;
 
 template <int R>
 void ctile(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, const float* bias, float* c,
-           std::ptrdiff_t ldc) {
+           std::ptrdiff_t ldc, const Epilogue* ep) {
   __m512 acc[R][2];
   __m512 init[2];
   const __mmask16 cm0 = nch >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nch) - 1u);
@@ -333,29 +366,36 @@ void ctile(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, c
   const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                          _mm512_set1_epi32(kNW));
   for (int ch = 0; ch < nch; ++ch) {
-    const __m512 col = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rm, idx, &buf[0][ch], 4);
+    __m512 col = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rm, idx, &buf[0][ch], 4);
+    if (ep) col = finish(col, ep, ep->residual ? ep->residual + ch * ep->ldr : nullptr, rm);
     _mm512_mask_storeu_ps(c + ch * ldc, rm, col);
   }
 }
 
-using CFn = void (*)(int, const float*, int, const float*, std::ptrdiff_t, const float*, float*, std::ptrdiff_t);
+using CFn = void (*)(int, const float*, int, const float*, std::ptrdiff_t, const float*, float*, std::ptrdiff_t,
+                    const Epilogue*);
 const CFn kCTable[kRows] = {&ctile<1>, &ctile<2>, &ctile<3>,  &ctile<4>,  &ctile<5>,  &ctile<6>,  &ctile<7>,
                             &ctile<8>, &ctile<9>, &ctile<10>, &ctile<11>, &ctile<12>, &ctile<13>, &ctile<14>};
 
+void ctile_ep(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows, const float* bias,
+              float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
+  kCTable[rows - 1](K, w, nch, b, ldb, bias, c, ldc, ep);
+}
+
 void ctile_dispatch(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows, const float* bias,
                     float* c, std::ptrdiff_t ldc) {
-  kCTable[rows - 1](K, w, nch, b, ldb, bias, c, ldc);
+  ctile_ep(K, w, nch, b, ldb, rows, bias, c, ldc, nullptr);
 }
 
 }  // namespace
 
 const GemmIsa& gemm_isa_avx512() {
-  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack};
+  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep};
   return isa;
 }
 
 const ChannelGemm& gemm_channel_avx512() {
-  static const ChannelGemm isa{"avx512f", kRows, kNW, &ctile_dispatch};
+  static const ChannelGemm isa{"avx512f", kRows, kNW, &ctile_dispatch, &ctile_ep};
   return isa;
 }
 
