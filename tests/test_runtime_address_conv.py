@@ -169,6 +169,31 @@ def test_fused_epilogue_matches_reference_and_function(case, epilogue):
 
 
 @needs_lib
+@pytest.mark.parametrize("epilogue", [(None, False), ((0.0, np.inf), True)], ids=["plain", "relu_residual"])
+@pytest.mark.parametrize("case", [(1, 32, 96, 32, 32, 1), (2, 48, 20, 14, 14, 2), (1, 64, 200, 7, 7, 1),
+                                  (1, 16, 17, 1, 1, 1), (3, 24, 36, 5, 13, 2), (1, 96, 32, 9, 9, 1),
+                                  (1, 130, 140, 11, 11, 1), (1, 40, 24, 6, 10, 1)],
+                         ids=lambda c: "n{}_c{}-{}_{}x{}_g{}".format(*c))
+def test_identity_table_reads_x_unpacked(case, epilogue):
+    """An identity table with stride 1 is a plain 1x1 conv: the tiles read X's planes directly
+    (row stride H*W, masked column tails), no packing; same results as the reference."""
+    n, cin, cout, h, w, group = case
+    clip, with_residual = epilogue
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    weight = rng.standard_normal((cout, cin // group, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    address = np.stack([np.arange(cin), np.zeros(cin), np.zeros(cin)], axis=1).astype(np.int32)
+    r = rng.standard_normal((n, cout, h, w)).astype(np.float32) if with_residual else None
+    model = address_conv_model(x.shape, weight, bias, address, group, residual=with_residual, clip=clip)
+    lo, hi = clip or (-np.inf, np.inf)
+    ref = address_conv_ref(x, weight, bias, address, group, residual=r, clip_min=lo, clip_max=hi)
+    y1 = run_fused(model, x, r, threads=1)
+    assert rel_err(y1, ref) < 1e-5
+    assert np.array_equal(y1, run_fused(model, x, r, threads=2)), "1 and 2 threads must give bit-identical results"
+
+
+@needs_lib
 @pytest.mark.parametrize("shape", [(1, 64, 200, 7, 7, 1), (1, 96, 130, 9, 11, 2), (1, 48, 150, 27, 25, 2)])
 def test_fused_epilogue_single_block_split_is_thread_independent(shape):
     n, cin, cout, h, w, stride = shape
@@ -250,7 +275,7 @@ def test_forced_lesser_isa_passes_the_kernel_tests(isa):
         pytest.skip("this CPU has no AVX2+FMA")
     assert chosen == isa
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "kernel_matches or dynamic_spatial or single_block or strides_and or fused_epilogue"],
+                           "-k", "kernel_matches or dynamic_spatial or single_block or strides_and or fused_epilogue or identity_table"],
                           env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 

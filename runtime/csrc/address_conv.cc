@@ -92,6 +92,11 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   const bool channel_tail = channel && !by_channels && positions % isa.nr != 0 && positions % isa.nr <= 8 &&
                             channel->rows >= 8;
   if (by_channels || channel_tail) weights.ensure_channel_panels(*channel);
+  // An identity table with stride 1 (a plain 1x1 conv, e.g. one next to shifted ones so that the
+  // whole chain stays in NCHW): the GEMM reads X's planes as they are, nothing is packed.
+  bool direct = isa.direct_b && s.stride_h == 1 && s.stride_w == 1;
+  for (std::int64_t r = 0; direct && r < s.in_channels; ++r)
+    direct = address[3 * r] == r && address[3 * r + 1] == 0 && address[3 * r + 2] == 0;
   const std::int64_t nr = by_channels ? round_up(positions, 16) : isa.nr;
   const std::int64_t mstep = by_channels ? channel->nw : isa.mr;
 
@@ -111,6 +116,10 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   splits = div_up(m_per_group, split_rows);
 
   const std::int64_t plane = s.height * s.width;
+  // B of image n, group g, positions from p0 when direct, and its row stride
+  auto direct_b = [&](std::int64_t n, std::int64_t g, std::int64_t p0) {
+    return x + (n * s.src_channels + g * k) * plane + p0;
+  };
   // Packs output positions [p0, p0 + nc) of image n, group g into `dst` (panels of [k][nr]).
   auto pack = [&](std::int64_t n, std::int64_t g, std::int64_t p0, std::int64_t nc, float* dst) {
     thread_local std::vector<PackRun> runs;
@@ -139,7 +148,8 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
         for (std::int64_t rb = 0, r0 = 0; rb < row_blocks; ++rb) {
           const std::int64_t rows = nc / row_blocks + (rb < nc % row_blocks ? 1 : 0);
           const Epilogue ep = tile_epilogue(base + row * positions + r0);
-          channel->tile_ep(static_cast<int>(k), w, nch, packed + r0, nr, static_cast<int>(rows),
+          channel->tile_ep(static_cast<int>(k), w, nch, direct ? direct_b(n, g, r0) : packed + r0,
+                           direct ? plane : nr, static_cast<int>(rows),
                            bias ? bias + row : nullptr, out + row * positions + r0, positions, fused ? &ep : nullptr);
           r0 += rows;
         }
@@ -151,13 +161,14 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
     const std::int64_t rest = channel_tail ? nc % nr : 0;
     const std::int64_t panels = div_up(nc - rest, nr);
     if (rest > 0) {
-      const float* tail = packed + panels * k * nr;
+      const float* tail = direct ? direct_b(n, g, p0 + panels * nr) : packed + panels * k * nr;
       for (std::int64_t m = m_begin; m < m_end;) {
         const std::int64_t nch = std::min(m_end - m, channel->nw - m % channel->nw);
         const std::int64_t row = g * m_per_group + m;
         const Epilogue ep = tile_epilogue(base + row * positions + panels * nr);
         channel->tile_ep(static_cast<int>(k), weights.channel_panel(g, m - m % channel->nw) + m % channel->nw,
-                         static_cast<int>(nch), tail, nr, static_cast<int>(rest), bias ? bias + row : nullptr,
+                         static_cast<int>(nch), tail, direct ? plane : nr, static_cast<int>(rest),
+                         bias ? bias + row : nullptr,
                          out + row * positions + panels * nr, positions, fused ? &ep : nullptr);
         m += nch;
       }
@@ -169,11 +180,27 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
       for (std::int64_t q = 0; q < panels; ++q) {
         const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
         const Epilogue ep = tile_epilogue(base + row * positions + q * nr);
-        isa.tile_ep(static_cast<int>(k), a, mr, packed + q * k * nr, cols_here, bias ? bias + row : nullptr,
+        const float* b = direct ? direct_b(n, g, p0 + q * nr) : packed + q * k * nr;
+        isa.tile_ep(static_cast<int>(k), a, mr, b, direct ? plane : nr, cols_here, bias ? bias + row : nullptr,
                     out + row * positions + q * nr, positions, fused ? &ep : nullptr);
       }
     }
   };
+
+  if (direct) {
+    parallel_for(static_cast<std::size_t>(base_items * splits), [&](std::size_t item) {
+      const std::int64_t split = static_cast<std::int64_t>(item) % splits;
+      std::int64_t rest = static_cast<std::int64_t>(item) / splits;
+      const std::int64_t b = rest % blocks;
+      rest /= blocks;
+      const std::int64_t g = rest % s.group;
+      const std::int64_t n = rest / s.group;
+      const std::int64_t m_begin = split * split_rows;
+      multiply(n, g, b * cols, std::min(cols, positions - b * cols), nullptr, m_begin,
+               std::min(m_per_group, m_begin + split_rows));
+    });
+    return;
+  }
 
   if (base_items == 1 && splits > 1) {
     // One block in all (one image, one group): pack it once, in parallel parts of whole panels,

@@ -28,8 +28,10 @@ struct Epilogue {
   float lo, hi;
 };
 
-using TileEpFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
-                          float* c, std::ptrdiff_t ldc, const Epilogue* ep);
+// b's rows are ldb apart (nr: a packed panel).  Where GemmIsa::direct_b is set, ldb may be anything
+// and no b element past column nc is read (b can be an unpacked NCHW plane: ldb = H * W).
+using TileEpFn = void (*)(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, int nc,
+                          const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep);
 
 // A run of consecutive output positions on one output row, inside one packed panel.
 struct PackRun {
@@ -64,7 +66,8 @@ struct GemmIsa {
   int nr;  // columns of one packed B panel
   TileFn tile;
   PackFn pack;
-  TileEpFn tile_ep;  // tile with an epilogue (ep may be null: same as tile)
+  TileEpFn tile_ep;  // tile with an epilogue (ep may be null) and a row stride of b
+  bool direct_b;     // tile_ep takes any ldb and reads nothing past column nc
 };
 
 // The best micro-kernel this CPU runs (AVX-512F, AVX2+FMA, or portable C++), chosen once.

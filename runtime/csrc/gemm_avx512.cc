@@ -18,9 +18,16 @@ inline __m512 finish(__m512 x, const Epilogue* ep, const float* residual, __mmas
   return _mm512_min_ps(_mm512_set1_ps(ep->hi), _mm512_max_ps(_mm512_set1_ps(ep->lo), x));
 }
 
-template <int MR, int NV>
-void tile(int K, const float* a, const float* b, int nc, const float* bias, float* c,
+// B rows ldb apart; Masked: loads only the nc columns (b may be an unpacked plane, see direct_b).
+template <int MR, int NV, bool Masked>
+void tile(int K, const float* a, const float* b, std::ptrdiff_t ldb, int nc, const float* bias, float* c,
           std::ptrdiff_t ldc, const Epilogue* ep) {
+  __mmask16 mask[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    const int left = nc - 16 * v;
+    mask[v] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+  }
   __m512 acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -32,7 +39,7 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
   for (int k = 0; k < K; ++k) {
     __m512 bv[NV];
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
+    for (int v = 0; v < NV; ++v) bv[v] = Masked ? _mm512_maskz_loadu_ps(mask[v], b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512 ar = _mm512_set1_ps(a[r]);
@@ -40,13 +47,7 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
     }
     a += MR;
-    b += kNR;
-  }
-  __mmask16 mask[NV];
-#pragma GCC unroll 2
-  for (int v = 0; v < NV; ++v) {
-    const int left = nc - 16 * v;
-    mask[v] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+    b += ldb;
   }
   if (ep) {
 #pragma GCC unroll 16
@@ -63,23 +64,38 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
   }
 }
 
-using Fn = void (*)(int, const float*, const float*, int, const float*, float*, std::ptrdiff_t, const Epilogue*);
+using Fn = void (*)(int, const float*, const float*, std::ptrdiff_t, int, const float*, float*, std::ptrdiff_t,
+                   const Epilogue*);
 
 // Indexed by [rows - 1][vectors - 1].  No std:: templates in this file: an out-of-line copy
 // compiled with this file's -m flags could be picked by the linker for other files.
 const Fn kTable[kMR][2] = {
-    {&tile<1, 1>, &tile<1, 2>},
-    {&tile<2, 1>, &tile<2, 2>},
-    {&tile<3, 1>, &tile<3, 2>},
-    {&tile<4, 1>, &tile<4, 2>},
-    {&tile<5, 1>, &tile<5, 2>},
-    {&tile<6, 1>, &tile<6, 2>},
-    {&tile<7, 1>, &tile<7, 2>},
-    {&tile<8, 1>, &tile<8, 2>},
-    {&tile<9, 1>, &tile<9, 2>},
-    {&tile<10, 1>, &tile<10, 2>},
-    {&tile<11, 1>, &tile<11, 2>},
-    {&tile<12, 1>, &tile<12, 2>}};
+    {&tile<1, 1, false>, &tile<1, 2, false>},
+    {&tile<2, 1, false>, &tile<2, 2, false>},
+    {&tile<3, 1, false>, &tile<3, 2, false>},
+    {&tile<4, 1, false>, &tile<4, 2, false>},
+    {&tile<5, 1, false>, &tile<5, 2, false>},
+    {&tile<6, 1, false>, &tile<6, 2, false>},
+    {&tile<7, 1, false>, &tile<7, 2, false>},
+    {&tile<8, 1, false>, &tile<8, 2, false>},
+    {&tile<9, 1, false>, &tile<9, 2, false>},
+    {&tile<10, 1, false>, &tile<10, 2, false>},
+    {&tile<11, 1, false>, &tile<11, 2, false>},
+    {&tile<12, 1, false>, &tile<12, 2, false>}};
+// The same loading only nc columns of B (a full vector where nc covers it).
+const Fn kMasked[kMR][2] = {
+    {&tile<1, 1, true>, &tile<1, 2, true>},
+    {&tile<2, 1, true>, &tile<2, 2, true>},
+    {&tile<3, 1, true>, &tile<3, 2, true>},
+    {&tile<4, 1, true>, &tile<4, 2, true>},
+    {&tile<5, 1, true>, &tile<5, 2, true>},
+    {&tile<6, 1, true>, &tile<6, 2, true>},
+    {&tile<7, 1, true>, &tile<7, 2, true>},
+    {&tile<8, 1, true>, &tile<8, 2, true>},
+    {&tile<9, 1, true>, &tile<9, 2, true>},
+    {&tile<10, 1, true>, &tile<10, 2, true>},
+    {&tile<11, 1, true>, &tile<11, 2, true>},
+    {&tile<12, 1, true>, &tile<12, 2, true>}};
 
 // Narrow column tail (nc <= 8 columns): vectorised along the rows instead of the
 // columns.  Each k step loads the mr packed weights of A as one masked vector and multiplies it by
@@ -88,7 +104,7 @@ const Fn kTable[kMR][2] = {
 // latency; they are added in a fixed order at the end (results do not depend on anything but the
 // shape).
 template <int NC>
-void narrow(int K, const float* a, int mr, const float* b, const float* bias, float* c,
+void narrow(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, const float* bias, float* c,
             std::ptrdiff_t ldc, const Epilogue* ep) {
   constexpr int U = NC == 1 ? 8 : NC <= 3 ? 4 : 2;
   const __mmask16 m = static_cast<__mmask16>((1u << mr) - 1u);
@@ -110,13 +126,13 @@ void narrow(int K, const float* a, int mr, const float* b, const float* bias, fl
       const __m512 av = _mm512_maskz_loadu_ps(m, a + (k + u) * mr);
 #pragma GCC unroll 8
       for (int j = 0; j < NC; ++j)
-        acc[u][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[(k + u) * kNR + j]), acc[u][j]);
+        acc[u][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[(k + u) * ldb + j]), acc[u][j]);
     }
   }
   for (; k < K; ++k) {
     const __m512 av = _mm512_maskz_loadu_ps(m, a + k * mr);
 #pragma GCC unroll 8
-    for (int j = 0; j < NC; ++j) acc[0][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[k * kNR + j]), acc[0][j]);
+    for (int j = 0; j < NC; ++j) acc[0][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[k * ldb + j]), acc[0][j]);
   }
   alignas(64) float out[NC][16];
 #pragma GCC unroll 8
@@ -143,29 +159,32 @@ void narrow(int K, const float* a, int mr, const float* b, const float* bias, fl
   }
 }
 
-using NarrowFn = void (*)(int, const float*, int, const float*, const float*, float*, std::ptrdiff_t, const Epilogue*);
+using NarrowFn = void (*)(int, const float*, int, const float*, std::ptrdiff_t, const float*, float*, std::ptrdiff_t,
+                         const Epilogue*);
 const NarrowFn kNarrow[8] = {&narrow<1>, &narrow<2>, &narrow<3>, &narrow<4>,
                              &narrow<5>, &narrow<6>, &narrow<7>, &narrow<8>};
 
 // Full 16-column vectors go through tile<>; a short rest (<= 8 columns) through narrow<>, so
 // tails such as 7x7 = 49 = 32 + 16 + 1 positions cost 1 column, not 16.  The choice depends on
 // nc only (not on mr), so how the rows are split never changes how an output is summed.
-void tile_ep(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c, std::ptrdiff_t ldc,
-             const Epilogue* ep) {
+void tile_ep(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, int nc, const float* bias, float* c,
+             std::ptrdiff_t ldc, const Epilogue* ep) {
   const int full = nc / 16, rest = nc % 16;
+  // packed panels are zero-padded to kNR: full-vector loads; other B only its nc columns
+  const Fn (&table)[kMR][2] = ldb == kNR || nc % 16 == 0 ? kTable : kMasked;
   if (rest == 0 || rest > 8) {
-    kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc, ep);
+    table[mr - 1][nc > 16 ? 1 : 0](K, a, b, ldb, nc, bias, c, ldc, ep);
     return;
   }
-  if (full > 0) kTable[mr - 1][full - 1](K, a, b, 16 * full, bias, c, ldc, ep);
+  if (full > 0) kTable[mr - 1][full - 1](K, a, b, ldb, 16 * full, bias, c, ldc, ep);
   Epilogue rest_ep;
   if (ep) rest_ep = Epilogue{ep->residual ? ep->residual + 16 * full : nullptr, ep->ldr, ep->lo, ep->hi};
-  kNarrow[rest - 1](K, a, mr, b + 16 * full, bias, c + 16 * full, ldc, ep ? &rest_ep : nullptr);
+  kNarrow[rest - 1](K, a, mr, b + 16 * full, ldb, bias, c + 16 * full, ldc, ep ? &rest_ep : nullptr);
 }
 
 void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
                    std::ptrdiff_t ldc) {
-  tile_ep(K, a, mr, b, nc, bias, c, ldc, nullptr);
+  tile_ep(K, a, mr, b, kNR, nc, bias, c, ldc, nullptr);
 }
 
 __mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
@@ -390,7 +409,7 @@ void ctile_dispatch(int K, const float* w, int nch, const float* b, std::ptrdiff
 }  // namespace
 
 const GemmIsa& gemm_isa_avx512() {
-  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep};
+  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep, true};
   return isa;
 }
 
