@@ -64,6 +64,12 @@ CASES = [
     (1, 64, 64, 100, 13, 13, 1, 2),
     (1, 16, 24, 17, 1, 1, 1, 1),
     (1, 40, 40, 80, 6, 10, 1, 1),
+    # stride 1, positions a multiple of 16: AVX-512 tiles gather B from X themselves (bitmaps)
+    (1, 96, 96, 32, 32, 32, 1, 1),
+    (2, 48, 48, 64, 16, 16, 2, 1),
+    (1, 32, 40, 24, 8, 8, 1, 1),
+    (1, 40, 40, 30, 10, 8, 1, 1),
+    (2, 20, 36, 28, 4, 28, 4, 1),
 ]
 
 
@@ -93,8 +99,8 @@ def test_kernel_matches_reference_and_function(case):
 
 
 @needs_lib
-@pytest.mark.parametrize("strides", [(2, 2), (1, 2), (2, 1), (3, 2), (2, 3)])
-@pytest.mark.parametrize("hw", [(9, 70), (13, 1), (6, 33), (21, 17)])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (1, 2), (2, 1), (3, 2), (2, 3)])
+@pytest.mark.parametrize("hw", [(9, 70), (13, 1), (6, 33), (21, 17), (8, 48), (3, 16)])
 def test_strides_and_large_displacements(strides, hw):
     """Width strides 1/2/3 take different packing paths; displacements reach past the borders."""
     rng = np.random.default_rng(hash((strides, hw)) % 2**32)

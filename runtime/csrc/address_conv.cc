@@ -116,6 +116,60 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   splits = div_up(m_per_group, split_rows);
 
   const std::int64_t plane = s.height * s.width;
+  // Stride 1 and whole 16-position vectors: the tiles gather B themselves (GatherTileFn) from the
+  // displaced planes of X, with a bitmap per distinct displacement of the positions whose read lies
+  // inside the image; nothing is packed (ShiftNet: 9 bitmaps of H*W bits).
+  const bool gathered = !direct && isa.gather_tile && !by_channels && !channel_tail && s.stride_h == 1 &&
+                        s.stride_w == 1 && positions % 16 == 0;
+  const std::int64_t words = positions / 16;
+  std::vector<std::uint16_t> bitmaps;
+  std::vector<std::int64_t> bitmap_of;  // per address row
+  if (gathered) {
+    std::vector<std::int64_t> seen;  // (dy, dx) pairs, flattened
+    bitmap_of.resize(static_cast<std::size_t>(s.in_channels));
+    for (std::int64_t r = 0; r < s.in_channels; ++r) {
+      const std::int64_t dy = address[3 * r + 1], dx = address[3 * r + 2];
+      std::int64_t u = 0;
+      const std::int64_t count = static_cast<std::int64_t>(seen.size()) / 2;
+      // a linear search over the first 64 displacements (few distinct ones in practice)
+      while (u < count && u < 64 && (seen[2 * u] != dy || seen[2 * u + 1] != dx)) ++u;
+      if (u == count || u == 64) {
+        u = count;
+        seen.push_back(dy);
+        seen.push_back(dx);
+      }
+      bitmap_of[r] = u;
+    }
+    const std::int64_t count = static_cast<std::int64_t>(seen.size()) / 2;
+    bitmaps.assign(static_cast<std::size_t>(count * words), 0);
+    for (std::int64_t u = 0; u < count; ++u) {
+      const std::int64_t dy = seen[2 * u], dx = seen[2 * u + 1];
+      std::uint16_t* bm = bitmaps.data() + u * words;
+      const std::int64_t j0 = std::max<std::int64_t>(0, -dx), j1 = std::min(s.width, s.width - dx);
+      for (std::int64_t i = std::max<std::int64_t>(0, -dy); i < std::min(s.height, s.height - dy); ++i) {
+        for (std::int64_t a = i * s.width + j0, b = i * s.width + j1; a < b;) {
+          const std::int64_t off = a % 16, n = std::min(16 - off, b - a);
+          bm[a / 16] = static_cast<std::uint16_t>(bm[a / 16] | (((1u << n) - 1u) << off));
+          a += n;
+        }
+      }
+    }
+  }
+  // The gathering tiles' tables for image n, group g: each B row's displaced plane and bitmap.
+  struct Gather {
+    std::vector<const float*> rows;
+    std::vector<const std::uint16_t*> masks;
+  };
+  auto gather_tables = [&](std::int64_t n, std::int64_t g, Gather& t) {
+    t.rows.resize(static_cast<std::size_t>(k));
+    t.masks.resize(static_cast<std::size_t>(k));
+    for (std::int64_t kk = 0; kk < k; ++kk) {
+      const std::int32_t* a = address + 3 * (g * k + kk);
+      // may point outside X: only lanes inside the image (bit set) are read
+      t.rows[kk] = x + (n * s.src_channels + a[0]) * plane + static_cast<std::int64_t>(a[1]) * s.width + a[2];
+      t.masks[kk] = bitmaps.data() + bitmap_of[g * k + kk] * words;
+    }
+  };
   // B of image n, group g, positions from p0 when direct, and its row stride
   auto direct_b = [&](std::int64_t n, std::int64_t g, std::int64_t p0) {
     return x + (n * s.src_channels + g * k) * plane + p0;
@@ -136,9 +190,23 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   };
   // Output rows [m_begin, m_end) of group g times the packed positions [p0, p0 + nc).
   auto multiply = [&](std::int64_t n, std::int64_t g, std::int64_t p0, std::int64_t nc, const float* packed,
-                      std::int64_t m_begin, std::int64_t m_end) {
+                      std::int64_t m_begin, std::int64_t m_end, const Gather* gather) {
     const std::int64_t base = (n * s.out_channels) * positions + p0;
     float* out = y + base;
+    if (gather) {
+      for (std::int64_t m = m_begin; m < m_end; m += mstep) {
+        const std::int64_t row = g * m_per_group + m;
+        const int mr = static_cast<int>(std::min<std::int64_t>(mstep, m_end - m));
+        for (std::int64_t q = 0; q * nr < nc; ++q) {
+          const Epilogue ep = tile_epilogue(base + row * positions + q * nr);
+          isa.gather_tile(static_cast<int>(k), weights.block(row), mr, gather->rows.data(), gather->masks.data(),
+                          p0 + q * nr, static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr)),
+                          bias ? bias + row : nullptr, out + row * positions + q * nr, positions,
+                          fused ? &ep : nullptr);
+        }
+      }
+      return;
+    }
     if (by_channels) {  // p0 == 0, nc == positions: rows of positions, balanced
       const std::int64_t row_blocks = div_up(nc, channel->rows);
       for (std::int64_t m = m_begin; m < m_end; m += mstep) {
@@ -187,7 +255,7 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
     }
   };
 
-  if (direct) {
+  if (direct || gathered) {
     parallel_for(static_cast<std::size_t>(base_items * splits), [&](std::size_t item) {
       const std::int64_t split = static_cast<std::int64_t>(item) % splits;
       std::int64_t rest = static_cast<std::int64_t>(item) / splits;
@@ -196,8 +264,10 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
       const std::int64_t g = rest % s.group;
       const std::int64_t n = rest / s.group;
       const std::int64_t m_begin = split * split_rows;
+      thread_local Gather tables;
+      if (gathered) gather_tables(n, g, tables);
       multiply(n, g, b * cols, std::min(cols, positions - b * cols), nullptr, m_begin,
-               std::min(m_per_group, m_begin + split_rows));
+               std::min(m_per_group, m_begin + split_rows), gathered ? &tables : nullptr);
     });
     return;
   }
@@ -219,7 +289,7 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
     });
     parallel_for(static_cast<std::size_t>(splits), [&](std::size_t split) {
       const std::int64_t m_begin = static_cast<std::int64_t>(split) * split_rows;
-      multiply(0, 0, 0, positions, packed, m_begin, std::min(m_per_group, m_begin + split_rows));
+      multiply(0, 0, 0, positions, packed, m_begin, std::min(m_per_group, m_begin + split_rows), nullptr);
     });
     return;
   }
@@ -235,7 +305,7 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
     thread_local std::vector<float> packed;
     packed.resize(static_cast<std::size_t>(div_up(nc, nr) * k * nr));
     pack(n, g, p0, nc, packed.data());
-    multiply(n, g, p0, nc, packed.data(), 0, m_per_group);
+    multiply(n, g, p0, nc, packed.data(), 0, m_per_group, nullptr);
   });
 }
 

@@ -68,7 +68,7 @@ const GemmIsa& choose() {
 }  // namespace
 
 const GemmIsa& gemm_isa_generic() {
-  static const GemmIsa isa{"generic", kMR, kNR, &tile_generic, &pack_generic, &tile_generic_ep, false};
+  static const GemmIsa isa{"generic", kMR, kNR, &tile_generic, &pack_generic, &tile_generic_ep, false, nullptr};
   return isa;
 }
 

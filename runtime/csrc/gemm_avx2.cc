@@ -112,7 +112,7 @@ void pack(const PackJob& job) {
 }  // namespace
 
 const GemmIsa& gemm_isa_avx2() {
-  static const GemmIsa isa{"avx2", kMR, kNR, &tile_dispatch, &pack, &tile_ep, false};
+  static const GemmIsa isa{"avx2", kMR, kNR, &tile_dispatch, &pack, &tile_ep, false, nullptr};
   return isa;
 }
 

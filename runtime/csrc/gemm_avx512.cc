@@ -187,6 +187,70 @@ void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const 
   tile_ep(K, a, mr, b, kNR, nc, bias, c, ldc, nullptr);
 }
 
+// Gathering tile (see GatherTileFn): the B vectors are masked loads from the displaced planes.
+template <int MR, int NV>
+void gtile(int K, const float* a, const float* const* rows, const std::uint16_t* const* masks, std::int64_t p,
+           const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    const __m512 init = bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = init;
+  }
+  const std::int64_t word = p / 16;
+#pragma GCC unroll 2
+  for (int k = 0; k < K; ++k) {
+    const float* row = rows[k] + p;
+    const std::uint16_t* m = masks[k] + word;
+    __m512 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m[v]), row + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+    }
+    a += MR;
+  }
+  if (ep) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = finish(acc[r][v], ep, ep->residual ? ep->residual + r * ep->ldr + 16 * v : nullptr,
+                           static_cast<__mmask16>(0xFFFF));
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+  }
+}
+
+using GFn = void (*)(int, const float*, const float* const*, const std::uint16_t* const*, std::int64_t, const float*,
+                     float*, std::ptrdiff_t, const Epilogue*);
+const GFn kGTable[kMR][2] = {
+    {&gtile<1, 1>, &gtile<1, 2>},
+    {&gtile<2, 1>, &gtile<2, 2>},
+    {&gtile<3, 1>, &gtile<3, 2>},
+    {&gtile<4, 1>, &gtile<4, 2>},
+    {&gtile<5, 1>, &gtile<5, 2>},
+    {&gtile<6, 1>, &gtile<6, 2>},
+    {&gtile<7, 1>, &gtile<7, 2>},
+    {&gtile<8, 1>, &gtile<8, 2>},
+    {&gtile<9, 1>, &gtile<9, 2>},
+    {&gtile<10, 1>, &gtile<10, 2>},
+    {&gtile<11, 1>, &gtile<11, 2>},
+    {&gtile<12, 1>, &gtile<12, 2>}};
+
+void gather_dispatch(int K, const float* a, int mr, const float* const* rows, const std::uint16_t* const* masks,
+                     std::int64_t p, int nc, const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
+  kGTable[mr - 1][nc / 16 - 1](K, a, rows, masks, p, bias, c, ldc, ep);
+}
+
 __mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
   from = from < 0 ? 0 : from > 16 ? 16 : from;
   to = to < from ? from : to > 16 ? 16 : to;
@@ -409,7 +473,7 @@ void ctile_dispatch(int K, const float* w, int nch, const float* b, std::ptrdiff
 }  // namespace
 
 const GemmIsa& gemm_isa_avx512() {
-  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep, true};
+  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep, true, &gather_dispatch};
   return isa;
 }
 
