@@ -38,6 +38,16 @@ class PackedWeights {
   bool empty() const { return data_.empty(); }
   // The block of rows starting at `row` (a block start inside its group).
   const float* block(std::int64_t row) const { return data_.data() + row * k_; }
+  // A group's rows are cut into blocks of at most mr rows, as equal as possible (64 = 11 + 11 +
+  // 11 + 11 + 10 + 10 for mr = 12, not 5 * 12 + 4: no thin, slow remainder tile; a sum does not
+  // depend on its tile's height).  In-group row m lies in a block of block_rows(m) rows starting at
+  // block_start(m); snap(m) is the first block start at or after m (rows per group past the end).
+  std::int64_t block_start(std::int64_t m) const { return start_[static_cast<std::size_t>(m)]; }
+  std::int64_t block_rows(std::int64_t m) const { return rows_[static_cast<std::size_t>(m)]; }
+  std::int64_t snap(std::int64_t m) const {
+    if (m >= static_cast<std::int64_t>(start_.size())) return static_cast<std::int64_t>(start_.size());
+    return block_start(m) == m ? m : block_start(m) + block_rows(m);
+  }
   // Builds the channel panels once (thread-safe; from the row blocks, so W need not outlive us).
   void ensure_channel_panels(const ChannelGemm& ch) const;
   // The channel panel of group g holding its output channels [m, m + nw) (m a multiple of nw).
@@ -50,7 +60,8 @@ class PackedWeights {
     std::int64_t nw = 0, per_group = 0;
   };
   std::vector<float> data_;
-  std::int64_t k_ = 0, out_channels_ = 0, group_ = 1, mr_ = 1;
+  std::vector<std::int64_t> start_, rows_;  // per in-group row
+  std::int64_t k_ = 0, out_channels_ = 0, group_ = 1;
   std::shared_ptr<Channels> channels_;
 };
 
