@@ -187,6 +187,10 @@ void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const 
   tile_ep(K, a, mr, b, kNR, nc, bias, c, ldc, nullptr);
 }
 
+// B rows of the gathering tile are prefetched this many k ahead (measured, one thread: -7 % at
+// 192->64 56x56, -3 % at 384->128 28x28, neutral at 32x32; 8 and 16 no better).
+constexpr int kAhead = 4;
+
 // Gathering tile (see GatherTileFn): the B vectors are masked loads from the displaced planes.
 template <int MR, int NV>
 void gtile(int K, const float* a, const float* const* rows, const std::uint16_t* const* masks, std::int64_t p,
@@ -203,6 +207,11 @@ void gtile(int K, const float* a, const float* const* rows, const std::uint16_t*
   for (int k = 0; k < K; ++k) {
     const float* row = rows[k] + p;
     const std::uint16_t* m = masks[k] + word;
+    if (k + kAhead < K) {  // B rows lie a plane apart: no hardware prefetcher follows them
+      const char* ahead = reinterpret_cast<const char*>(rows[k + kAhead] + p);
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      _mm_prefetch(ahead + 64 * NV, _MM_HINT_T0);
+    }
     __m512 bv[NV];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m[v]), row + 16 * v);
