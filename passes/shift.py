@@ -73,7 +73,10 @@ changes, so a ShiftNet's whole chain of 1x1 convs joins. Why (onnxruntime profil
 ReorderInput/ReorderOutput pair around every node it cannot run in that layout; with only the shift
 convs as AddressConvs the reorders cost 125 us (2 us in the original) and the sum of kernels was
 720 us; with the neighbouring 1x1 convs joined, 7 us of reorders (the stem's) and 640 us, 571 us once
-the kernel read identity and stride-1 tables unpacked (the net without shifts: 503 us).
+the kernel read identity and stride-1 tables unpacked (the net without shifts: 503 us). On a stock
+onnxruntime without the library the identity AddressConvs run as the ONNX function (pad, gather,
+conv): that path is for correctness (ShiftNet w32: 0.57 ms original, 2.1 ms applied without the
+chains, 2.9 ms with them); ``address_chains=False`` keeps plain Convs.
 
 Spatial ``torch.roll`` wraps around instead of zero-filling: it is not a shift in this sense and is
 left alone; a standalone one-hot depthwise conv (no 1x1 conv after it) is left alone too.
