@@ -16,9 +16,19 @@ AddressConv body, for X [N, Csrc, H, W], address [Cin, 3] = (src, dy, dx), strid
     idx[k, i, j] = src[k]*Hp*Wp + (i*sh + dy[k] + P)*Wp + (j*sw + dx[k] + P)   # [Cin, Ho, Wo]
     G   = Gather(Reshape(Xp, [N, -1]), idx, axis=1)    # [N, Cin, Ho, Wo]
     Y   = Conv(G, W, B, group)                          # 1x1, stride 1
+    Y   = Y + residual                                  # overload "residual" only
+    Y   = Clip(Y, clip_min, clip_max)                   # attributes, default -inf / +inf
 
-The function needs the model's default-domain opset >= 13 and IR version >= 9 (attribute
-defaults on functions); :func:`add_functions` checks both.
+The fused activation is a clamp to [``clip_min``, ``clip_max``] (Relu: clip_min = 0; Clip: its
+constant bounds; none: the defaults, which clamp nothing), so one body serves every activation with
+no branching on a string attribute. The optional 5th input ``residual`` cannot be optional in the
+body: onnxruntime 1.31 binds a missing function input to the empty name, and an ``Add`` (or
+``Sum``: it crashes) reading it is rejected, as is ``OptionalHasElement`` + ``If`` (the branch still
+names it). So the residual form is an *overload* of the same function (IR >= 10, ``overload =
+"residual"``, :data:`RESIDUAL_OVERLOAD`): both are built by :func:`address_conv_function` from the
+same nodes, and :func:`add_functions` tags each node that has a residual with that overload (the
+native kernel runs either). The function needs the model's default-domain opset >= 13 and IR
+version >= 9 (attribute defaults on functions), 10 with a residual; :func:`add_functions` sets it.
 """
 from __future__ import annotations
 
@@ -29,21 +39,30 @@ from . import ops
 
 #: Lowest default-domain opset whose ops the function bodies use as written.
 MIN_OPSET = 13
+#: FunctionProto.overload / NodeProto.overload of AddressConv with its 5th input ``residual``.
+RESIDUAL_OVERLOAD = "residual"
 
 
 def _const(name: str, values: list[int]) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value_ints=values)
 
 
-def address_conv_function(opset: int) -> onnx.FunctionProto:
-    """The AddressConv FunctionProto, written against default-domain opset ``opset``."""
+def _ref_const(name: str, attr: str, kind: str) -> onnx.NodeProto:
+    """Constant ``name`` = the function attribute ``attr`` (kind "value_float" or "value_ints")."""
+    node = helper.make_node("Constant", [], [name])
+    typ = onnx.AttributeProto.FLOAT if kind == "value_float" else onnx.AttributeProto.INTS
+    node.attribute.append(onnx.AttributeProto(name=kind, ref_attr_name=attr, type=typ))
+    return node
+
+
+def address_conv_function(opset: int, residual: bool = False) -> onnx.FunctionProto:
+    """The AddressConv FunctionProto, written against default-domain opset ``opset``; with
+    ``residual`` its overload with the 5th input (see the module docstring)."""
     if opset < MIN_OPSET:
         raise ValueError(f"{ops.ADDRESS_CONV} fallback needs opset >= {MIN_OPSET}, model has {opset}")
     n = helper.make_node
-    strides = helper.make_node("Constant", [], ["strides"])
-    strides.attribute.append(onnx.AttributeProto(name="value_ints", ref_attr_name="strides",
-                                                 type=onnx.AttributeProto.INTS))
-    conv = n("Conv", ["G", "W", "B"], ["Y"], kernel_shape=[1, 1])
+    strides = _ref_const("strides", "strides", "value_ints")
+    conv = n("Conv", ["G", "W", "B"], ["Yc"], kernel_shape=[1, 1])
     conv.attribute.append(onnx.AttributeProto(name="group", ref_attr_name="group", type=onnx.AttributeProto.INT))
     nodes = [
         _const("c0", [0]), _const("c1", [1]), _const("c2", [2]), _const("c3", [3]), _const("c4", [4]),
@@ -87,10 +106,18 @@ def address_conv_function(opset: int) -> onnx.FunctionProto:
         n("Gather", ["Xf", "idx"], ["G"], axis=1),
         conv,
     ]
+    if residual:
+        nodes.append(n("Add", ["Yc", "residual"], ["Ys"]))
+    nodes += [_ref_const("lo", "clip_min", "value_float"), _ref_const("hi", "clip_max", "value_float"),
+              n("Clip", ["Ys" if residual else "Yc", "lo", "hi"], ["Y"])]
     f = helper.make_function(
-        ops.DOMAIN, ops.ADDRESS_CONV, inputs=["X", "W", "B", "address"], outputs=["Y"], nodes=nodes,
-        opset_imports=[helper.make_opsetid("", opset)], attributes=[])
-    f.attribute_proto.extend([helper.make_attribute("group", 1), helper.make_attribute("strides", [1, 1])])
+        ops.DOMAIN, ops.ADDRESS_CONV, inputs=["X", "W", "B", "address"] + (["residual"] if residual else []),
+        outputs=["Y"], nodes=nodes, opset_imports=[helper.make_opsetid("", opset)], attributes=[])
+    f.attribute_proto.extend([helper.make_attribute("group", 1), helper.make_attribute("strides", [1, 1]),
+                              helper.make_attribute("clip_min", float("-inf")),
+                              helper.make_attribute("clip_max", float("inf"))])
+    if residual:
+        f.overload = RESIDUAL_OVERLOAD
     f.doc_string = (f"{ops.ADDRESS_CONV} from standard ops: pad by the largest displacement, gather the "
                     "displaced strided pixels with indices computed from `address`, then a 1x1 Conv.")
     return f
@@ -139,30 +166,45 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise ValueError("model imports no default-domain opset")
 
 
+def _overload(node: onnx.NodeProto) -> str:
+    """The function overload a custom-op node needs: AddressConv with a residual input has its own."""
+    if node.op_type == ops.ADDRESS_CONV and len(node.input) > 4 and node.input[4]:
+        return RESIDUAL_OVERLOAD
+    return ""
+
+
 def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Embed (in place) the fallback FunctionProto of every custom op the model uses, and import
-    ``ai.onnxopt`` version 1. Functions already present are kept. Returns the model."""
-    used = {node.op_type for node in model.graph.node if node.domain == ops.DOMAIN}
-    unknown = used - set(FUNCTION_BUILDERS)
+    """Embed (in place) the fallback FunctionProto of every custom op (and overload) the model uses,
+    tag each node with its overload, and import ``ai.onnxopt`` version 1. Our functions already present
+    are replaced (other domains' are kept). Returns the model."""
+    nodes = [node for node in model.graph.node if node.domain == ops.DOMAIN]
+    unknown = {node.op_type for node in nodes} - set(FUNCTION_BUILDERS)
     if unknown:
         raise ValueError(f"no ONNX-function fallback for {sorted(unknown)} (domain {ops.DOMAIN})")
-    if not used:
+    if not nodes:
         return model
+    for node in nodes:
+        node.overload = _overload(node)
+    used = {(node.op_type, node.overload) for node in nodes}
     opset = default_opset(model)
-    present = {(f.domain, f.name) for f in model.functions}
-    for op_type in sorted(used):
-        if (ops.DOMAIN, op_type) not in present:
-            model.functions.append(FUNCTION_BUILDERS[op_type](opset))
+    # ours are rebuilt: a round trip through onnx-graphsurgeon loses FunctionProto.overload
+    kept = [f for f in model.functions if f.domain != ops.DOMAIN or f.name not in FUNCTION_BUILDERS]
+    del model.functions[:]
+    model.functions.extend(kept)
+    for op_type, overload in sorted(used):
+        model.functions.append(FUNCTION_BUILDERS[op_type](opset, **({"residual": True} if overload else {})))
     if not any(imp.domain == ops.DOMAIN for imp in model.opset_import):
         model.opset_import.append(helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION))
-    model.ir_version = max(model.ir_version, 9)
+    model.ir_version = max(model.ir_version, 10 if any(o for _, o in used) else 9)
     return model
 
 
 def address_conv_model(x_shape, weight, bias, address, group: int = 1, strides=(1, 1),
-                       opset: int = 17, dynamic_hw: bool = False, with_functions: bool = True) -> onnx.ModelProto:
-    """A one-node model ``Y = AddressConv(X, W, B, address)`` with W, B, address as initializers
-    (for tests, benchmarks and latency tables). ``bias`` may be None (input left empty)."""
+                       opset: int = 17, dynamic_hw: bool = False, with_functions: bool = True,
+                       residual: bool = False, clip=None) -> onnx.ModelProto:
+    """A one-node model ``Y = AddressConv(X, W, B, address[, R])`` with W, B, address as initializers
+    (for tests, benchmarks and latency tables). ``bias`` may be None (input left empty); ``residual``
+    adds a graph input R of the output's shape; ``clip`` = (clip_min, clip_max) sets the attributes."""
     import numpy as np
 
     n, c, h, w = x_shape
@@ -175,9 +217,15 @@ def address_conv_model(x_shape, weight, bias, address, group: int = 1, strides=(
     if bias is not None:
         inits.append(onnx.numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
         inputs[2] = "B"
-    node = helper.make_node(ops.ADDRESS_CONV, inputs, ["Y"], domain=ops.DOMAIN, group=group, strides=list(strides))
-    graph = helper.make_graph([node], "address_conv",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, dims)],
+    attrs = {"group": group, "strides": list(strides)}
+    if clip is not None:
+        attrs.update(clip_min=float(clip[0]), clip_max=float(clip[1]))
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, dims)]
+    if residual:
+        inputs.append("R")
+        graph_inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, out_dims))
+    node = helper.make_node(ops.ADDRESS_CONV, inputs, ["Y"], domain=ops.DOMAIN, **attrs)
+    graph = helper.make_graph([node], "address_conv", graph_inputs,
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_dims)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])

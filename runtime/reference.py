@@ -5,9 +5,11 @@ import numpy as np
 
 
 def address_conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, address: np.ndarray,
-                     group: int = 1, strides=(1, 1)) -> np.ndarray:
+                     group: int = 1, strides=(1, 1), residual: np.ndarray | None = None,
+                     clip_min: float = -np.inf, clip_max: float = np.inf) -> np.ndarray:
     """AddressConv in float64: input channel k = X[:, address[k,0]] read at
-    (i*sh + address[k,1], j*sw + address[k,2]) for output (i, j), zero outside; then a grouped 1x1 conv."""
+    (i*sh + address[k,1], j*sw + address[k,2]) for output (i, j), zero outside; then a grouped 1x1 conv,
+    + B, + residual, clamped to [clip_min, clip_max]."""
     x = np.asarray(x, np.float64)
     n, csrc, h, wd = x.shape
     address = np.asarray(address, np.int64)
@@ -34,7 +36,9 @@ def address_conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, address
                                                 gathered[:, g * kg:(g + 1) * kg])
     if b is not None:
         out += np.asarray(b, np.float64)[None, :, None, None]
-    return out
+    if residual is not None:
+        out += np.asarray(residual, np.float64)
+    return np.clip(out, clip_min, clip_max)
 
 
 def conv2d_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int = 1, strides=(1, 1),

@@ -64,6 +64,12 @@ CASES = [
     (1, 64, 64, 100, 13, 13, 1, 2),
     (1, 16, 24, 17, 1, 1, 1, 1),
     (1, 40, 40, 80, 6, 10, 1, 1),
+    # stride 1, positions a multiple of 16: AVX-512 tiles gather B from X themselves (bitmaps)
+    (1, 96, 96, 32, 32, 32, 1, 1),
+    (2, 48, 48, 64, 16, 16, 2, 1),
+    (1, 32, 40, 24, 8, 8, 1, 1),
+    (1, 40, 40, 30, 10, 8, 1, 1),
+    (2, 20, 36, 28, 4, 28, 4, 1),
 ]
 
 
@@ -93,8 +99,8 @@ def test_kernel_matches_reference_and_function(case):
 
 
 @needs_lib
-@pytest.mark.parametrize("strides", [(2, 2), (1, 2), (2, 1), (3, 2), (2, 3)])
-@pytest.mark.parametrize("hw", [(9, 70), (13, 1), (6, 33), (21, 17)])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (1, 2), (2, 1), (3, 2), (2, 3)])
+@pytest.mark.parametrize("hw", [(9, 70), (13, 1), (6, 33), (21, 17), (8, 48), (3, 16)])
 def test_strides_and_large_displacements(strides, hw):
     """Width strides 1/2/3 take different packing paths; displacements reach past the borders."""
     rng = np.random.default_rng(hash((strides, hw)) % 2**32)
@@ -132,6 +138,105 @@ def test_single_block_split_over_output_channels(shape):
     y2 = run(model, x, threads=2)
     assert np.array_equal(y1, y2), "1 and 2 threads must give bit-identical results"
     assert rel_err(y1, address_conv_ref(x, weight, bias, address, 1, (stride, stride))) < 1e-5
+
+
+# Epilogues: none, Relu (clip_min = 0), Clip; each with and without a residual input.
+EPILOGUES = [(None, False), ((0.0, np.inf), False), ((-0.5, 0.7), False), (None, True), ((0.0, np.inf), True),
+             ((-1.0, 0.25), True)]
+
+
+def run_fused(model, x, r, **opts):
+    feeds = {"X": x} if r is None else {"X": x, "R": r}
+    return session(fit_ir_version(model), **opts).run(None, feeds)[0]
+
+
+@needs_lib
+@pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: f"clip{e[0]}_res{int(e[1])}")
+@pytest.mark.parametrize("case", CASES[::2] + CASES[10:12] + CASES[16:], ids=lambda c: "n{}_c{}-{}-{}_{}x{}_g{}_s{}".format(*c))
+def test_fused_epilogue_matches_reference_and_function(case, epilogue):
+    """Y = clip(conv + B + residual): every tile kind (full, narrow tails, channel tiles) applies it."""
+    n, csrc, cin, cout, h, w, group, stride = case
+    clip, with_residual = epilogue
+    rng = np.random.default_rng(abs(hash((case, epilogue))) % 2**32)
+    x, weight, bias, address = random_case(rng, n, csrc, cin, cout, h, w, group, stride, bias=cin % 3 != 0)
+    r = rng.standard_normal((n, cout, -(-h // stride), -(-w // stride))).astype(np.float32) if with_residual else None
+    model = address_conv_model(x.shape, weight, bias, address, group, (stride, stride), residual=with_residual,
+                               clip=clip)
+    lo, hi = clip or (-np.inf, np.inf)
+    unclipped = address_conv_ref(x, weight, bias, address, group, (stride, stride), residual=r)
+    ref = np.clip(unclipped, lo, hi)
+    tol = 1e-5 * max(np.abs(unclipped).max(), 1e-12)
+    native = run_fused(model, x, r, threads=1)
+    fallback = run_fused(model, x, r, threads=1, custom_ops=False)
+    assert native.shape == ref.shape
+    assert np.abs(native - ref).max() <= tol and np.abs(fallback - ref).max() <= tol
+    assert native.min() >= lo and native.max() <= hi
+    assert np.array_equal(native, run_fused(model, x, r, threads=2)), "1 and 2 threads must give bit-identical results"
+
+
+@needs_lib
+@pytest.mark.parametrize("epilogue", [(None, False), ((0.0, np.inf), True)], ids=["plain", "relu_residual"])
+@pytest.mark.parametrize("case", [(1, 32, 96, 32, 32, 1), (2, 48, 20, 14, 14, 2), (1, 64, 200, 7, 7, 1),
+                                  (1, 16, 17, 1, 1, 1), (3, 24, 36, 5, 13, 2), (1, 96, 32, 9, 9, 1),
+                                  (1, 130, 140, 11, 11, 1), (1, 40, 24, 6, 10, 1)],
+                         ids=lambda c: "n{}_c{}-{}_{}x{}_g{}".format(*c))
+def test_identity_table_reads_x_unpacked(case, epilogue):
+    """An identity table with stride 1 is a plain 1x1 conv: the tiles read X's planes directly
+    (row stride H*W, masked column tails), no packing; same results as the reference."""
+    n, cin, cout, h, w, group = case
+    clip, with_residual = epilogue
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    weight = rng.standard_normal((cout, cin // group, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    address = np.stack([np.arange(cin), np.zeros(cin), np.zeros(cin)], axis=1).astype(np.int32)
+    r = rng.standard_normal((n, cout, h, w)).astype(np.float32) if with_residual else None
+    model = address_conv_model(x.shape, weight, bias, address, group, residual=with_residual, clip=clip)
+    lo, hi = clip or (-np.inf, np.inf)
+    ref = address_conv_ref(x, weight, bias, address, group, residual=r, clip_min=lo, clip_max=hi)
+    y1 = run_fused(model, x, r, threads=1)
+    assert rel_err(y1, ref) < 1e-5
+    assert np.array_equal(y1, run_fused(model, x, r, threads=2)), "1 and 2 threads must give bit-identical results"
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", [(1, 64, 200, 7, 7, 1), (1, 96, 130, 9, 11, 2), (1, 48, 150, 27, 25, 2)])
+def test_fused_epilogue_single_block_split_is_thread_independent(shape):
+    n, cin, cout, h, w, stride = shape
+    rng = np.random.default_rng(6)
+    x, weight, bias, address = random_case(rng, n, cin, cin, cout, h, w, 1, stride)
+    r = rng.standard_normal((n, cout, -(-h // stride), -(-w // stride))).astype(np.float32)
+    model = address_conv_model(x.shape, weight, bias, address, 1, (stride, stride), residual=True, clip=(0, np.inf))
+    y1, y2 = run_fused(model, x, r, threads=1), run_fused(model, x, r, threads=2)
+    assert np.array_equal(y1, y2), "1 and 2 threads must give bit-identical results"
+    ref = address_conv_ref(x, weight, bias, address, 1, (stride, stride), residual=r, clip_min=0)
+    assert rel_err(y1, ref) < 1e-5
+
+
+def test_fused_epilogue_keeps_nan_and_infinities():
+    """A NaN sum stays NaN through the clamp (as onnxruntime's Relu/Clip); +-inf are clamped."""
+    if LIB is None:
+        pytest.skip("native library not built")
+    x = np.zeros((1, 4, 3, 5), np.float32)
+    weight = np.ones((20, 4, 1, 1), np.float32)
+    address = np.array([[k, 0, 0] for k in range(4)], np.int32)
+    r = np.zeros((1, 20, 3, 5), np.float32)
+    r[0, :, 0, 0] = np.nan
+    r[0, :, 1, 1] = np.inf
+    r[0, :, 2, 2] = -np.inf
+    model = address_conv_model(x.shape, weight, None, address, residual=True, clip=(0.0, 6.0))
+    for opts in ({}, {"custom_ops": False}):
+        y = run_fused(model, x, r, threads=1, **opts)
+        assert np.isnan(y[0, :, 0, 0]).all() and (y[0, :, 1, 1] == 6).all() and (y[0, :, 2, 2] == 0).all()
+
+
+@needs_lib
+def test_residual_of_the_wrong_shape_is_a_clear_error():
+    model = address_conv_model((1, 4, 5, 5), np.ones((6, 4, 1, 1), np.float32), None, np.zeros((4, 3), np.int32),
+                               residual=True, with_functions=False)
+    model.graph.input[1].type.tensor_type.ClearField("shape")
+    with pytest.raises(Exception, match=r"AddressConv: residual must have the output's shape \[1, 6, 5, 5\]"):
+        run_fused(model, np.zeros((1, 4, 5, 5), np.float32), np.zeros((1, 6, 5, 4), np.float32), threads=1)
 
 
 @needs_lib
@@ -176,7 +281,7 @@ def test_forced_lesser_isa_passes_the_kernel_tests(isa):
         pytest.skip("this CPU has no AVX2+FMA")
     assert chosen == isa
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "kernel_matches or dynamic_spatial or single_block or strides_and"],
+                           "-k", "kernel_matches or dynamic_spatial or single_block or strides_and or fused_epilogue or identity_table"],
                           env={**os.environ, "ONNXOPT_GEMM_ISA": isa}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
@@ -198,6 +303,27 @@ def test_profiler_shows_which_path_ran(tmp_path):
     if LIB is None:
         pytest.skip("native library not built: only the fallback path checked")
     assert profiled_op_types(model, tmp_path) == {ops.ADDRESS_CONV}
+
+
+def test_profiler_shows_which_path_ran_with_a_residual(tmp_path):
+    """The residual form is a function overload; the native kernel still runs it when registered."""
+    rng = np.random.default_rng(4)
+    x, weight, bias, address = random_case(rng, 1, 8, 8, 8, 6, 6, 1, 1)
+    model = address_conv_model(x.shape, weight, bias, address, residual=True, clip=(0, np.inf))
+    assert [(f.name, f.overload) for f in model.functions] == [(ops.ADDRESS_CONV, "residual")]
+    assert model.graph.node[0].overload == "residual"
+
+    def op_types(**opts):
+        sess = session(fit_ir_version(model), threads=1, profile_prefix=str(tmp_path / "prof"), **opts)
+        sess.run(None, {"X": x, "R": np.ones((1, 8, 6, 6), np.float32)})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+        return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+
+    assert {"Gather", "Conv", "Add", "Clip"} <= op_types(custom_ops=False)
+    if LIB is None:
+        pytest.skip("native library not built: only the fallback path checked")
+    assert op_types() == {ops.ADDRESS_CONV}
 
 
 def test_fallback_matches_reference_without_library():

@@ -330,6 +330,73 @@ def test_kernel_matches_reference_on_shifted_grouped_strided_input():
     np.testing.assert_allclose(got, address_conv_ref(x, w, b, address, 2, (2, 3)), rtol=1e-5, atol=1e-5)
 
 
+# --- what an AddressConv absorbs after it, and 1x1 convs joining its layout ------------------------
+
+def address_nodes(model):
+    return [n for n in model.graph.node if n.op_type == ops.ADDRESS_CONV]
+
+
+def attrs_of(node):
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_residual_add_then_relu_are_absorbed(runtime):
+    b = Builder(9)
+    y = b.node("Relu", [b.node("Add", ["x", b.conv(b.shift("x", 9), 9, 9)])])
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1}
+    node = address_nodes(out)[0]
+    assert list(node.input)[4] == "x" and attrs_of(node)["clip_min"] == 0 and attrs_of(node)["clip_max"] == np.inf
+    assert res.details["residuals_fused"] == 1 and res.details["activations_fused"] == 1
+
+
+def test_constant_clip_is_absorbed(runtime):
+    b = Builder(9)
+    t = b.conv(b.shift("x", 9), 9, 5)
+    y = b.node("Clip", [t, b.const(np.array(-0.5, np.float32)), b.const(np.array(0.75, np.float32))])
+    out, _ = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1}
+    assert (attrs_of(address_nodes(out)[0])["clip_min"], attrs_of(address_nodes(out)[0])["clip_max"]) == (-0.5, 0.75)
+
+
+def test_add_after_the_activation_stays(runtime):
+    b = Builder(9)
+    y = b.node("Add", [b.node("Relu", [b.conv(b.shift("x", 9), 9, 9)]), "x"])
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1, "Add": 1} and res.details["residuals_fused"] == 0
+
+
+def test_broadcasting_add_and_shared_output_are_not_absorbed(runtime):
+    b = Builder(9)
+    t = b.conv(b.shift("x", 9), 9, 9)
+    y1 = b.node("Add", [t, b.const(np.ones((1, 9, 1, 1), np.float32))])  # broadcast: not a residual
+    b2 = Builder(9)
+    t2 = b2.conv(b2.shift("x", 9), 9, 9)
+    y2, y3 = b2.node("Relu", [t2]), b2.node("Sigmoid", [t2])  # two consumers
+    out1, res1 = optimise(b.model(y1))
+    out2, res2 = optimise(b2.model(y2, y3))
+    assert op_counts(out1) == {ops.ADDRESS_CONV: 1, "Add": 1} and op_counts(out2)["Relu"] == 1
+    assert res1.details["residuals_fused"] == res2.details["activations_fused"] == 0
+
+
+def test_pointwise_neighbours_join_the_address_conv_layout(runtime):
+    """1x1 → Relu → shift → 1x1 → 1x1: the outer 1x1 convs become identity-table AddressConvs
+    (onnxruntime would put layout reorders between its NCHWc convs and the AddressConv)."""
+    b = Builder(9)
+    t = b.node("Relu", [b.conv("x", 9, 18)])
+    t = b.conv(b.shift(t, 18), 18, 9)
+    y = b.node("Relu", [b.conv(t, 9, 12, strides=[2, 2])])
+    out, res = optimise(b.model(y))
+    assert op_counts(out) == {ops.ADDRESS_CONV: 3}
+    assert res.details["chained_convs"] == 2 and res.details["activations_fused"] == 2
+    tables = [numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == n.input[3]))
+              for n in address_nodes(out)]
+    identity = [t for t in tables if not t[:, 1:].any() and t[:, 0].tolist() == list(range(len(t)))]
+    assert len(identity) == 2
+    out, res = optimise(b.model(y), address_chains=False)
+    assert op_counts(out) == {ops.ADDRESS_CONV: 1, "Conv": 2, "Relu": 2} and res.details["chained_convs"] == 0
+
+
 # --- reference models exported from PyTorch -------------------------------------------------------
 
 torch = pytest.importorskip("torch")
@@ -348,8 +415,10 @@ def test_shiftnet(runtime, options):
 
     out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32))
     counts = op_counts(out)
-    assert counts[ops.ADDRESS_CONV] == 3 and res.details["shifts_folded"] == 3 and not res.declined
-    assert all(n.attribute[0].i > 1 for n in out.graph.node if n.op_type == "Conv" and n.input[1].endswith("shift"))
+    assert res.details["address_convs"] == 3 and res.details["shifts_folded"] == 3 and not res.declined
+    assert res.details["residuals_fused"] == 3 and res.details["chained_convs"] == 5  # 3 expand, 2 shortcut
+    # every 1x1 conv of the blocks is an AddressConv; only the stem's 3x3 Conv and its Relu remain
+    assert counts[ops.ADDRESS_CONV] == 8 and counts["Conv"] == 1 and counts["Add"] == 0 and counts["Relu"] == 1
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@
 // the custom-op wrapper (address_conv_op.cc) or by anything else.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -36,6 +38,16 @@ class PackedWeights {
   bool empty() const { return data_.empty(); }
   // The block of rows starting at `row` (a block start inside its group).
   const float* block(std::int64_t row) const { return data_.data() + row * k_; }
+  // A group's rows are cut into blocks of at most mr rows, as equal as possible (64 = 11 + 11 +
+  // 11 + 11 + 10 + 10 for mr = 12, not 5 * 12 + 4: no thin, slow remainder tile; a sum does not
+  // depend on its tile's height).  In-group row m lies in a block of block_rows(m) rows starting at
+  // block_start(m); snap(m) is the first block start at or after m (rows per group past the end).
+  std::int64_t block_start(std::int64_t m) const { return start_[static_cast<std::size_t>(m)]; }
+  std::int64_t block_rows(std::int64_t m) const { return rows_[static_cast<std::size_t>(m)]; }
+  std::int64_t snap(std::int64_t m) const {
+    if (m >= static_cast<std::int64_t>(start_.size())) return static_cast<std::int64_t>(start_.size());
+    return block_start(m) == m ? m : block_start(m) + block_rows(m);
+  }
   // Builds the channel panels once (thread-safe; from the row blocks, so W need not outlive us).
   void ensure_channel_panels(const ChannelGemm& ch) const;
   // The channel panel of group g holding its output channels [m, m + nw) (m a multiple of nw).
@@ -48,7 +60,8 @@ class PackedWeights {
     std::int64_t nw = 0, per_group = 0;
   };
   std::vector<float> data_;
-  std::int64_t k_ = 0, out_channels_ = 0, group_ = 1, mr_ = 1;
+  std::vector<std::int64_t> start_, rows_;  // per in-group row
+  std::int64_t k_ = 0, out_channels_ = 0, group_ = 1;
   std::shared_ptr<Channels> channels_;
 };
 
@@ -60,11 +73,22 @@ using ParallelFor = std::function<void(std::size_t total, const std::function<vo
 // (reads outside the image are zero).
 std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels);
 
+// What is fused after the conv: y = min(max(conv + bias + residual, clip_min), clip_max), applied
+// to each tile in registers before its store (no second pass over y).  residual [N, Cout, Ho, Wo]
+// or null; clip_min = -inf and clip_max = +inf clamp nothing (Relu: clip_min = 0).
+struct AddressConvEpilogue {
+  const float* residual = nullptr;
+  float clip_min = -std::numeric_limits<float>::infinity();
+  float clip_max = std::numeric_limits<float>::infinity();
+  bool empty() const { return !residual && std::isinf(clip_min) && clip_min < 0 && std::isinf(clip_max) && clip_max > 0; }
+};
+
 // y [N, Cout, Ho, Wo] = AddressConv(x [N, Csrc, H, W], weights, bias [Cout] or null,
-// address [Cin, 3]).  The address table must have been validated.  `channel` (optional, e.g.
-// gemm_channel_isa()) lets small maps use channel-vectorised tiles.
+// address [Cin, 3]), then the epilogue.  The address table must have been validated.  `channel`
+// (optional, e.g. gemm_channel_isa()) lets small maps use channel-vectorised tiles.
 void address_conv(const AddressConvShape& shape, const float* x, const PackedWeights& weights,
                   const float* bias, const std::int32_t* address, float* y,
-                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel = nullptr);
+                  const GemmIsa& isa, const ParallelFor& parallel_for, const ChannelGemm* channel = nullptr,
+                  const AddressConvEpilogue& epilogue = {});
 
 }  // namespace onnxopt

@@ -2,6 +2,7 @@
 // and runs address_conv() over onnxruntime's intra-op thread pool.
 #include "address_conv_op.h"
 
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -12,7 +13,7 @@
 namespace onnxopt {
 namespace {
 
-constexpr std::size_t kX = 0, kW = 1, kB = 2, kAddress = 3;
+constexpr std::size_t kX = 0, kW = 1, kB = 2, kAddress = 3, kResidual = 4;
 
 std::string dims_str(const std::vector<std::int64_t>& d) {
   std::string s = "[";
@@ -27,6 +28,16 @@ std::string dims_str(const std::vector<std::int64_t>& d) {
 std::int64_t int_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, std::int64_t fallback) {
   std::int64_t v = fallback;
   OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v);
+  if (st) {
+    api.ReleaseStatus(st);
+    return fallback;
+  }
+  return v;
+}
+
+float float_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, float fallback) {
+  float v = fallback;
+  OrtStatus* st = api.KernelInfoGetAttribute_float(info, name, &v);
   if (st) {
     api.ReleaseStatus(st);
     return fallback;
@@ -63,6 +74,11 @@ AddressConvKernel::AddressConvKernel(const OrtApi& api, const OrtKernelInfo* inf
     fail("attribute strides must be two positive integers, got " + dims_str(strides));
   stride_h_ = strides[0];
   stride_w_ = strides[1];
+  clip_min_ = float_attr(api, info, "clip_min", clip_min_);
+  clip_max_ = float_attr(api, info, "clip_max", clip_max_);
+  if (std::isnan(clip_min_) || std::isnan(clip_max_) || clip_min_ > clip_max_)
+    fail("attributes clip_min = " + std::to_string(clip_min_) + " and clip_max = " + std::to_string(clip_max_) +
+         " are not an interval");
 
   // Weights that are initializers are packed once here instead of on every run.
   int is_constant = 0;
@@ -127,6 +143,18 @@ void AddressConvKernel::Compute(OrtKernelContext* context) {
   if (!bad.empty()) fail(bad);
 
   const std::vector<std::int64_t> yd = {s.batch, s.out_channels, s.out_height(), s.out_width()};
+  AddressConvEpilogue epilogue;
+  epilogue.clip_min = clip_min_;
+  epilogue.clip_max = clip_max_;
+  if (ctx.GetInputCount() > kResidual) {
+    const Ort::ConstValue r = ctx.GetInput(kResidual);
+    if (r) {
+      const auto rinfo = r.GetTensorTypeAndShapeInfo();
+      if (rinfo.GetShape() != yd)
+        fail("residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rinfo.GetShape()));
+      epilogue.residual = r.GetTensorData<float>();
+    }
+  }
   Ort::UnownedValue y = ctx.GetOutput(0, yd);
   float* out = y.GetTensorMutableData<float>();
 
@@ -142,7 +170,7 @@ void AddressConvKernel::Compute(OrtKernelContext* context) {
     ctx.ParallelFor(&ParallelCall::run, total, 0, &call);
   };
   address_conv(s, x.GetTensorData<float>(), *weights, bias, a, out, isa_, parallel_for,
-               &isa_ == &gemm_isa() ? gemm_channel_isa() : nullptr);
+               &isa_ == &gemm_isa() ? gemm_channel_isa() : nullptr, epilogue);
 }
 
 OrtStatusPtr AddressConvKernel::ComputeV2(OrtKernelContext* context) {
@@ -172,7 +200,7 @@ ONNXTensorElementDataType AddressConvOp::GetInputType(std::size_t index) const {
 }
 
 OrtCustomOpInputOutputCharacteristic AddressConvOp::GetInputCharacteristic(std::size_t index) const {
-  return index == kB ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return index == kB || index == kResidual ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 
 }  // namespace onnxopt

@@ -4,6 +4,7 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <limits>
 #include <vector>
 
 #include "address_conv.h"
@@ -22,16 +23,19 @@ class AddressConvKernel {
   const OrtApi& api_;
   const GemmIsa& isa_;
   std::int64_t group_ = 1, stride_h_ = 1, stride_w_ = 1;
+  float clip_min_ = -std::numeric_limits<float>::infinity(), clip_max_ = std::numeric_limits<float>::infinity();
   std::vector<std::int64_t> constant_w_dims_;
   PackedWeights packed_;
 };
 
 // Inputs: X [N, Csrc, H, W] float, W [Cout, Cin/group, 1, 1] float, optional B [Cout] float,
-// address [Cin, 3] int32.  Output: [N, Cout, ceil(H/sh), ceil(W/sw)] float.
+// address [Cin, 3] int32, optional residual [N, Cout, Ho, Wo] float.  Attributes group, strides,
+// clip_min (default -inf), clip_max (default +inf).  Output [N, Cout, Ho, Wo] = ceil(H/sh), ceil(W/sw):
+// Y = min(max(conv + B + residual, clip_min), clip_max).
 struct AddressConvOp : Ort::CustomOpBase<AddressConvOp, AddressConvKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const;
-  std::size_t GetInputTypeCount() const { return 4; }
+  std::size_t GetInputTypeCount() const { return 5; }
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
   std::size_t GetOutputTypeCount() const { return 1; }

@@ -11,8 +11,8 @@ namespace {
 constexpr int kMR = 4;
 constexpr int kNR = 16;
 
-void tile_generic(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
-                  std::ptrdiff_t ldc) {
+void tile_generic_ep(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, int nc, const float* bias,
+                     float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
   float acc[kMR][kNR];
   for (int r = 0; r < mr; ++r)
     for (int j = 0; j < kNR; ++j) acc[r][j] = bias ? bias[r] : 0.0f;
@@ -22,9 +22,24 @@ void tile_generic(int K, const float* a, int mr, const float* b, int nc, const f
       for (int j = 0; j < kNR; ++j) acc[r][j] += ar * b[j];
     }
     a += mr;
-    b += kNR;
+    b += ldb;
+  }
+  if (ep) {
+    for (int r = 0; r < mr; ++r) {
+      for (int j = 0; j < nc; ++j) {
+        float v = acc[r][j];
+        if (ep->residual) v += ep->residual[r * ep->ldr + j];
+        v = v < ep->lo ? ep->lo : v;  // NaN stays NaN
+        acc[r][j] = v > ep->hi ? ep->hi : v;
+      }
+    }
   }
   for (int r = 0; r < mr; ++r) std::memcpy(c + r * ldc, acc[r], sizeof(float) * static_cast<std::size_t>(nc));
+}
+
+void tile_generic(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
+                  std::ptrdiff_t ldc) {
+  tile_generic_ep(K, a, mr, b, kNR, nc, bias, c, ldc, nullptr);
 }
 
 void pack_generic(const PackJob& job) {
@@ -53,7 +68,7 @@ const GemmIsa& choose() {
 }  // namespace
 
 const GemmIsa& gemm_isa_generic() {
-  static const GemmIsa isa{"generic", kMR, kNR, &tile_generic, &pack_generic};
+  static const GemmIsa isa{"generic", kMR, kNR, &tile_generic, &pack_generic, &tile_generic_ep, false, nullptr};
   return isa;
 }
 

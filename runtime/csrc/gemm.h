@@ -17,6 +17,22 @@ namespace onnxopt {
 using TileFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
                         float* c, std::ptrdiff_t ldc);
 
+// What a tile does to its sums in registers, before its store (the *_ep entry points; TileFn and
+// ChannelTileFn are these with no epilogue):
+//   c = min(max(sum + residual, lo), hi)
+// sum = bias + the products as above; residual (may be null) has c's layout, row stride ldr, and
+// points at the tile's first output; a NaN sum stays NaN; lo = -inf, hi = +inf clamp nothing.
+struct Epilogue {
+  const float* residual;
+  std::ptrdiff_t ldr;
+  float lo, hi;
+};
+
+// b's rows are ldb apart (nr: a packed panel).  Where GemmIsa::direct_b is set, ldb may be anything
+// and no b element past column nc is read (b can be an unpacked NCHW plane: ldb = H * W).
+using TileEpFn = void (*)(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, int nc,
+                          const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep);
+
 // A run of consecutive output positions on one output row, inside one packed panel.
 struct PackRun {
   std::int32_t panel;   // panel index within the block
@@ -44,12 +60,24 @@ struct PackJob {
 
 using PackFn = void (*)(const PackJob& job);
 
+// A tile that gathers B itself instead of reading a packed panel (AddressConv with stride 1: each
+// B row is a displaced plane of X, zero outside the image).  For output positions [p, p + nc) (p
+// and nc multiples of 16):  B[k][j] = bit (p + j) of masks[k] ? rows[k][p + j] : 0, where masks[k]
+// is a bitmap over the positions (16 per uint16) and rows[k] the displaced plane (only lanes whose
+// bit is set are read).  Otherwise as TileEpFn.
+using GatherTileFn = void (*)(int K, const float* a, int mr, const float* const* rows,
+                              const std::uint16_t* const* masks, std::int64_t p, int nc, const float* bias,
+                              float* c, std::ptrdiff_t ldc, const Epilogue* ep);
+
 struct GemmIsa {
   const char* name;
   int mr;  // most rows of A in one tile
   int nr;  // columns of one packed B panel
   TileFn tile;
   PackFn pack;
+  TileEpFn tile_ep;  // tile with an epilogue (ep may be null) and a row stride of b
+  bool direct_b;     // tile_ep takes any ldb and reads nothing past column nc
+  GatherTileFn gather_tile;  // or nullptr
 };
 
 // The best micro-kernel this CPU runs (AVX-512F, AVX2+FMA, or portable C++), chosen once.
@@ -63,12 +91,16 @@ const GemmIsa& gemm_isa();
 //   c[ch * ldc + r] = (bias ? bias[ch] : 0) + sum_k w[k * nw + ch] * b[k * ldb + r].
 using ChannelTileFn = void (*)(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows,
                                const float* bias, float* c, std::ptrdiff_t ldc);
+// The same with an epilogue (see Epilogue; residual in c's layout: channel ch at residual + ch * ldr).
+using ChannelTileEpFn = void (*)(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows,
+                                 const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep);
 
 struct ChannelGemm {
   const char* name;
   int rows;  // most output positions in one tile
   int nw;    // channels of one packed weight panel
   ChannelTileFn tile;
+  ChannelTileEpFn tile_ep;
 };
 
 // The channel-vectorised tiles that go with gemm_isa(), or nullptr where it has none.

@@ -17,8 +17,8 @@ __m256i lane_mask(int left) {
 }
 
 template <int MR, int NV>
-void tile(int K, const float* a, const float* b, int nc, const float* bias, float* c,
-          std::ptrdiff_t ldc) {
+void tile(int K, const float* a, const float* b, std::ptrdiff_t ldb, int nc, const float* bias, float* c,
+          std::ptrdiff_t ldc, const Epilogue* ep) {
   __m256 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -38,7 +38,22 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(ar, bv[v], acc[r][v]);
     }
     a += MR;
-    b += kNR;
+    b += ldb;
+  }
+  if (ep) {
+    const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        __m256 x = acc[r][v];
+        if (ep->residual) {
+          const float* res = ep->residual + r * ep->ldr + 8 * v;
+          x = _mm256_add_ps(x, nc >= 8 * (v + 1) ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, lane_mask(nc - 8 * v)));
+        }
+        acc[r][v] = _mm256_min_ps(hi, _mm256_max_ps(lo, x));  // NaN x stays NaN (second operand)
+      }
+    }
   }
   if (nc == NV * 8) {
 #pragma GCC unroll 8
@@ -58,7 +73,8 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
   }
 }
 
-using Fn = void (*)(int, const float*, const float*, int, const float*, float*, std::ptrdiff_t);
+using Fn = void (*)(int, const float*, const float*, std::ptrdiff_t, int, const float*, float*, std::ptrdiff_t,
+                   const Epilogue*);
 
 // Indexed by [rows - 1][vectors - 1].  No std:: templates in this file: an out-of-line copy
 // compiled with this file's -m flags could be picked by the linker for other files.
@@ -70,9 +86,14 @@ const Fn kTable[kMR][2] = {
     {&tile<5, 1>, &tile<5, 2>},
     {&tile<6, 1>, &tile<6, 2>}};
 
+void tile_ep(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, int nc, const float* bias, float* c,
+             std::ptrdiff_t ldc, const Epilogue* ep) {
+  kTable[mr - 1][nc > 8 ? 1 : 0](K, a, b, ldb, nc, bias, c, ldc, ep);
+}
+
 void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
                    std::ptrdiff_t ldc) {
-  kTable[mr - 1][nc > 8 ? 1 : 0](K, a, b, nc, bias, c, ldc);
+  tile_ep(K, a, mr, b, kNR, nc, bias, c, ldc, nullptr);
 }
 
 void pack(const PackJob& job) {
@@ -91,7 +112,7 @@ void pack(const PackJob& job) {
 }  // namespace
 
 const GemmIsa& gemm_isa_avx2() {
-  static const GemmIsa isa{"avx2", kMR, kNR, &tile_dispatch, &pack};
+  static const GemmIsa isa{"avx2", kMR, kNR, &tile_dispatch, &pack, &tile_ep, false, nullptr};
   return isa;
 }
 

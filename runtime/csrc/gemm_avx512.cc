@@ -11,9 +11,23 @@ namespace {
 constexpr int kMR = 12;
 constexpr int kNR = 32;
 
-template <int MR, int NV>
-void tile(int K, const float* a, const float* b, int nc, const float* bias, float* c,
-          std::ptrdiff_t ldc) {
+// The epilogue on a vector of sums (see Epilogue): + residual (masked load), then clamp.
+inline __m512 finish(__m512 x, const Epilogue* ep, const float* residual, __mmask16 m) {
+  if (residual) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, residual));
+  // max(lo, x) / min(hi, x) return x when x is NaN (second operand)
+  return _mm512_min_ps(_mm512_set1_ps(ep->hi), _mm512_max_ps(_mm512_set1_ps(ep->lo), x));
+}
+
+// B rows ldb apart; Masked: loads only the nc columns (b may be an unpacked plane, see direct_b).
+template <int MR, int NV, bool Masked>
+void tile(int K, const float* a, const float* b, std::ptrdiff_t ldb, int nc, const float* bias, float* c,
+          std::ptrdiff_t ldc, const Epilogue* ep) {
+  __mmask16 mask[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    const int left = nc - 16 * v;
+    mask[v] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+  }
   __m512 acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -25,7 +39,7 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
   for (int k = 0; k < K; ++k) {
     __m512 bv[NV];
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
+    for (int v = 0; v < NV; ++v) bv[v] = Masked ? _mm512_maskz_loadu_ps(mask[v], b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512 ar = _mm512_set1_ps(a[r]);
@@ -33,13 +47,15 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
     }
     a += MR;
-    b += kNR;
+    b += ldb;
   }
-  __mmask16 mask[NV];
+  if (ep) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 2
-  for (int v = 0; v < NV; ++v) {
-    const int left = nc - 16 * v;
-    mask[v] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = finish(acc[r][v], ep, ep->residual ? ep->residual + r * ep->ldr + 16 * v : nullptr, mask[v]);
+    }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -48,23 +64,38 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, floa
   }
 }
 
-using Fn = void (*)(int, const float*, const float*, int, const float*, float*, std::ptrdiff_t);
+using Fn = void (*)(int, const float*, const float*, std::ptrdiff_t, int, const float*, float*, std::ptrdiff_t,
+                   const Epilogue*);
 
 // Indexed by [rows - 1][vectors - 1].  No std:: templates in this file: an out-of-line copy
 // compiled with this file's -m flags could be picked by the linker for other files.
 const Fn kTable[kMR][2] = {
-    {&tile<1, 1>, &tile<1, 2>},
-    {&tile<2, 1>, &tile<2, 2>},
-    {&tile<3, 1>, &tile<3, 2>},
-    {&tile<4, 1>, &tile<4, 2>},
-    {&tile<5, 1>, &tile<5, 2>},
-    {&tile<6, 1>, &tile<6, 2>},
-    {&tile<7, 1>, &tile<7, 2>},
-    {&tile<8, 1>, &tile<8, 2>},
-    {&tile<9, 1>, &tile<9, 2>},
-    {&tile<10, 1>, &tile<10, 2>},
-    {&tile<11, 1>, &tile<11, 2>},
-    {&tile<12, 1>, &tile<12, 2>}};
+    {&tile<1, 1, false>, &tile<1, 2, false>},
+    {&tile<2, 1, false>, &tile<2, 2, false>},
+    {&tile<3, 1, false>, &tile<3, 2, false>},
+    {&tile<4, 1, false>, &tile<4, 2, false>},
+    {&tile<5, 1, false>, &tile<5, 2, false>},
+    {&tile<6, 1, false>, &tile<6, 2, false>},
+    {&tile<7, 1, false>, &tile<7, 2, false>},
+    {&tile<8, 1, false>, &tile<8, 2, false>},
+    {&tile<9, 1, false>, &tile<9, 2, false>},
+    {&tile<10, 1, false>, &tile<10, 2, false>},
+    {&tile<11, 1, false>, &tile<11, 2, false>},
+    {&tile<12, 1, false>, &tile<12, 2, false>}};
+// The same loading only nc columns of B (a full vector where nc covers it).
+const Fn kMasked[kMR][2] = {
+    {&tile<1, 1, true>, &tile<1, 2, true>},
+    {&tile<2, 1, true>, &tile<2, 2, true>},
+    {&tile<3, 1, true>, &tile<3, 2, true>},
+    {&tile<4, 1, true>, &tile<4, 2, true>},
+    {&tile<5, 1, true>, &tile<5, 2, true>},
+    {&tile<6, 1, true>, &tile<6, 2, true>},
+    {&tile<7, 1, true>, &tile<7, 2, true>},
+    {&tile<8, 1, true>, &tile<8, 2, true>},
+    {&tile<9, 1, true>, &tile<9, 2, true>},
+    {&tile<10, 1, true>, &tile<10, 2, true>},
+    {&tile<11, 1, true>, &tile<11, 2, true>},
+    {&tile<12, 1, true>, &tile<12, 2, true>}};
 
 // Narrow column tail (nc <= 8 columns): vectorised along the rows instead of the
 // columns.  Each k step loads the mr packed weights of A as one masked vector and multiplies it by
@@ -73,8 +104,8 @@ const Fn kTable[kMR][2] = {
 // latency; they are added in a fixed order at the end (results do not depend on anything but the
 // shape).
 template <int NC>
-void narrow(int K, const float* a, int mr, const float* b, const float* bias, float* c,
-            std::ptrdiff_t ldc) {
+void narrow(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, const float* bias, float* c,
+            std::ptrdiff_t ldc, const Epilogue* ep) {
   constexpr int U = NC == 1 ? 8 : NC <= 3 ? 4 : 2;
   const __mmask16 m = static_cast<__mmask16>((1u << mr) - 1u);
   __m512 acc[U][NC];
@@ -95,13 +126,13 @@ void narrow(int K, const float* a, int mr, const float* b, const float* bias, fl
       const __m512 av = _mm512_maskz_loadu_ps(m, a + (k + u) * mr);
 #pragma GCC unroll 8
       for (int j = 0; j < NC; ++j)
-        acc[u][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[(k + u) * kNR + j]), acc[u][j]);
+        acc[u][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[(k + u) * ldb + j]), acc[u][j]);
     }
   }
   for (; k < K; ++k) {
     const __m512 av = _mm512_maskz_loadu_ps(m, a + k * mr);
 #pragma GCC unroll 8
-    for (int j = 0; j < NC; ++j) acc[0][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[k * kNR + j]), acc[0][j]);
+    for (int j = 0; j < NC; ++j) acc[0][j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[k * ldb + j]), acc[0][j]);
   }
   alignas(64) float out[NC][16];
 #pragma GCC unroll 8
@@ -111,28 +142,122 @@ void narrow(int K, const float* a, int mr, const float* b, const float* bias, fl
     for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[u][j]);
     _mm512_store_ps(out[j], s);
   }
+  if (ep) {
+    for (int r = 0; r < mr; ++r) {
+      for (int j = 0; j < NC; ++j) {
+        float v = out[j][r];
+        if (ep->residual) v += ep->residual[r * ep->ldr + j];
+        v = v < ep->lo ? ep->lo : v;  // NaN stays NaN, as max(lo, x) in finish()
+        c[r * ldc + j] = v > ep->hi ? ep->hi : v;
+      }
+    }
+    return;
+  }
   for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
     for (int j = 0; j < NC; ++j) c[r * ldc + j] = out[j][r];
   }
 }
 
-using NarrowFn = void (*)(int, const float*, int, const float*, const float*, float*, std::ptrdiff_t);
+using NarrowFn = void (*)(int, const float*, int, const float*, std::ptrdiff_t, const float*, float*, std::ptrdiff_t,
+                         const Epilogue*);
 const NarrowFn kNarrow[8] = {&narrow<1>, &narrow<2>, &narrow<3>, &narrow<4>,
                              &narrow<5>, &narrow<6>, &narrow<7>, &narrow<8>};
 
 // Full 16-column vectors go through tile<>; a short rest (<= 8 columns) through narrow<>, so
 // tails such as 7x7 = 49 = 32 + 16 + 1 positions cost 1 column, not 16.  The choice depends on
 // nc only (not on mr), so how the rows are split never changes how an output is summed.
-void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
-                   std::ptrdiff_t ldc) {
+void tile_ep(int K, const float* a, int mr, const float* b, std::ptrdiff_t ldb, int nc, const float* bias, float* c,
+             std::ptrdiff_t ldc, const Epilogue* ep) {
   const int full = nc / 16, rest = nc % 16;
+  // packed panels are zero-padded to kNR: full-vector loads; other B only its nc columns
+  const Fn (&table)[kMR][2] = ldb == kNR || nc % 16 == 0 ? kTable : kMasked;
   if (rest == 0 || rest > 8) {
-    kTable[mr - 1][nc > 16 ? 1 : 0](K, a, b, nc, bias, c, ldc);
+    table[mr - 1][nc > 16 ? 1 : 0](K, a, b, ldb, nc, bias, c, ldc, ep);
     return;
   }
-  if (full > 0) kTable[mr - 1][full - 1](K, a, b, 16 * full, bias, c, ldc);
-  kNarrow[rest - 1](K, a, mr, b + 16 * full, bias, c + 16 * full, ldc);
+  if (full > 0) kTable[mr - 1][full - 1](K, a, b, ldb, 16 * full, bias, c, ldc, ep);
+  Epilogue rest_ep;
+  if (ep) rest_ep = Epilogue{ep->residual ? ep->residual + 16 * full : nullptr, ep->ldr, ep->lo, ep->hi};
+  kNarrow[rest - 1](K, a, mr, b + 16 * full, ldb, bias, c + 16 * full, ldc, ep ? &rest_ep : nullptr);
+}
+
+void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const float* bias, float* c,
+                   std::ptrdiff_t ldc) {
+  tile_ep(K, a, mr, b, kNR, nc, bias, c, ldc, nullptr);
+}
+
+// B rows of the gathering tile are prefetched this many k ahead (measured, one thread: -7 % at
+// 192->64 56x56, -3 % at 384->128 28x28, neutral at 32x32; 8 and 16 no better).
+constexpr int kAhead = 4;
+
+// Gathering tile (see GatherTileFn): the B vectors are masked loads from the displaced planes.
+template <int MR, int NV>
+void gtile(int K, const float* a, const float* const* rows, const std::uint16_t* const* masks, std::int64_t p,
+           const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    const __m512 init = bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = init;
+  }
+  const std::int64_t word = p / 16;
+#pragma GCC unroll 2
+  for (int k = 0; k < K; ++k) {
+    const float* row = rows[k] + p;
+    const std::uint16_t* m = masks[k] + word;
+    if (k + kAhead < K) {  // B rows lie a plane apart: no hardware prefetcher follows them
+      const char* ahead = reinterpret_cast<const char*>(rows[k + kAhead] + p);
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      _mm_prefetch(ahead + 64 * NV, _MM_HINT_T0);
+    }
+    __m512 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m[v]), row + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+    }
+    a += MR;
+  }
+  if (ep) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = finish(acc[r][v], ep, ep->residual ? ep->residual + r * ep->ldr + 16 * v : nullptr,
+                           static_cast<__mmask16>(0xFFFF));
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+  }
+}
+
+using GFn = void (*)(int, const float*, const float* const*, const std::uint16_t* const*, std::int64_t, const float*,
+                     float*, std::ptrdiff_t, const Epilogue*);
+const GFn kGTable[kMR][2] = {
+    {&gtile<1, 1>, &gtile<1, 2>},
+    {&gtile<2, 1>, &gtile<2, 2>},
+    {&gtile<3, 1>, &gtile<3, 2>},
+    {&gtile<4, 1>, &gtile<4, 2>},
+    {&gtile<5, 1>, &gtile<5, 2>},
+    {&gtile<6, 1>, &gtile<6, 2>},
+    {&gtile<7, 1>, &gtile<7, 2>},
+    {&gtile<8, 1>, &gtile<8, 2>},
+    {&gtile<9, 1>, &gtile<9, 2>},
+    {&gtile<10, 1>, &gtile<10, 2>},
+    {&gtile<11, 1>, &gtile<11, 2>},
+    {&gtile<12, 1>, &gtile<12, 2>}};
+
+void gather_dispatch(int K, const float* a, int mr, const float* const* rows, const std::uint16_t* const* masks,
+                     std::int64_t p, int nc, const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
+  kGTable[mr - 1][nc / 16 - 1](K, a, rows, masks, p, bias, c, ldc, ep);
 }
 
 __mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
@@ -298,7 +423,7 @@ constexpr int kNW = 32;
 
 template <int R>
 void ctile(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, const float* bias, float* c,
-           std::ptrdiff_t ldc) {
+           std::ptrdiff_t ldc, const Epilogue* ep) {
   __m512 acc[R][2];
   __m512 init[2];
   const __mmask16 cm0 = nch >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nch) - 1u);
@@ -333,29 +458,36 @@ void ctile(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, c
   const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                          _mm512_set1_epi32(kNW));
   for (int ch = 0; ch < nch; ++ch) {
-    const __m512 col = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rm, idx, &buf[0][ch], 4);
+    __m512 col = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rm, idx, &buf[0][ch], 4);
+    if (ep) col = finish(col, ep, ep->residual ? ep->residual + ch * ep->ldr : nullptr, rm);
     _mm512_mask_storeu_ps(c + ch * ldc, rm, col);
   }
 }
 
-using CFn = void (*)(int, const float*, int, const float*, std::ptrdiff_t, const float*, float*, std::ptrdiff_t);
+using CFn = void (*)(int, const float*, int, const float*, std::ptrdiff_t, const float*, float*, std::ptrdiff_t,
+                    const Epilogue*);
 const CFn kCTable[kRows] = {&ctile<1>, &ctile<2>, &ctile<3>,  &ctile<4>,  &ctile<5>,  &ctile<6>,  &ctile<7>,
                             &ctile<8>, &ctile<9>, &ctile<10>, &ctile<11>, &ctile<12>, &ctile<13>, &ctile<14>};
 
+void ctile_ep(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows, const float* bias,
+              float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
+  kCTable[rows - 1](K, w, nch, b, ldb, bias, c, ldc, ep);
+}
+
 void ctile_dispatch(int K, const float* w, int nch, const float* b, std::ptrdiff_t ldb, int rows, const float* bias,
                     float* c, std::ptrdiff_t ldc) {
-  kCTable[rows - 1](K, w, nch, b, ldb, bias, c, ldc);
+  ctile_ep(K, w, nch, b, ldb, rows, bias, c, ldc, nullptr);
 }
 
 }  // namespace
 
 const GemmIsa& gemm_isa_avx512() {
-  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack};
+  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep, true, &gather_dispatch};
   return isa;
 }
 
 const ChannelGemm& gemm_channel_avx512() {
-  static const ChannelGemm isa{"avx512f", kRows, kNW, &ctile_dispatch};
+  static const ChannelGemm isa{"avx512f", kRows, kNW, &ctile_dispatch, &ctile_ep};
   return isa;
 }
 
