@@ -1,6 +1,8 @@
 """Shared fixtures: tiny models built in code."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -64,3 +66,15 @@ def small_cnn_model(seed=0):
     ]
     return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Latency tables and other caches go to a temporary folder, not the user's ~/.cache."""
+    old = os.environ.get("ONNXOPT_CACHE")
+    os.environ["ONNXOPT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("ONNXOPT_CACHE", None)
+    else:
+        os.environ["ONNXOPT_CACHE"] = old

@@ -317,15 +317,21 @@ def test_impact_strategy_needs_calibration_and_uses_it(tmp_path, calib):
     assert report.passes[0].changed
 
 
-def test_greedy_respects_a_deviation_budget(tmp_path, calib):
-    budget = 0.15
+def test_greedy_respects_a_deviation_budget(tmp_path, calib, monkeypatch):
+    # Layer times proportional to the kept fraction, so the search has steps to take whatever this
+    # machine's kernel speed (measured times are the latency table's business, tested elsewhere).
+    from onnxopt.passes import perforate as perforate_module
+
+    monkeypatch.setattr(perforate_module._Perforator, "layer_time",
+                        lambda self, layer, rate, realisation=None: float(rate))
+    budget = 0.3  # conv2 alone at 0.75 deviates ~0.19 on these inputs: at least one step fits
     out, report = perforate(tiny_net(), {"budget_deviation": budget, "strategy": "uniform"}, tmp_path,
                             calibration=calib)
     res = report.passes[0]
     assert res.skipped is None
     assert res.details["deviation"] <= budget
-    if LIB is not None:  # without the library a uniform mask runs as the dense fallback: no step saves time
-        assert res.details["greedy_steps"]
+    steps = res.details["greedy_steps"]
+    assert steps and any(s["accepted"] for s in steps)
     ref = session(fit_ir_version(tiny_net())).run(None, calib)[0]
     got = session(out).run(None, calib)[0]
     assert np.abs(got - ref).max() / np.abs(ref).max() <= budget + 1e-6

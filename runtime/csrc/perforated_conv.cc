@@ -224,10 +224,13 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     }
 
     float* out = dst + n * s.out_channels * count + p0;
-    const std::int64_t m_end = std::min(m_per_group, (split + 1) * split_rows);
-    for (std::int64_t m = split * split_rows; m < m_end; m += isa.mr) {
+    // Rows go by the packed weights' row blocks (not all isa.mr high, see PackedWeights); a split
+    // starts and ends on a block start.
+    const std::int64_t m_begin = weights.snap(std::min(m_per_group, split * split_rows));
+    const std::int64_t m_end = weights.snap(std::min(m_per_group, (split + 1) * split_rows));
+    for (std::int64_t m = m_begin; m < m_end; m += weights.block_rows(m)) {
       const std::int64_t row = g * m_per_group + m;
-      const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
+      const int mr = static_cast<int>(weights.block_rows(m));
       const float* a = weights.block(row);
       for (std::int64_t q = 0; q < panels; ++q) {
         const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
