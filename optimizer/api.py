@@ -63,32 +63,81 @@ def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, outpu
     contexts = {p.name: PassContext(options=dict((options or {}).get(p.name, {})), calibration=calibration,
                                     labels=labels, input_shapes=shapes, target=target, model=original)
                 for p in pipeline}
-    results = PassManager(pipeline).run(graph, contexts)
-    result = ir.to_model(graph, original)
-    if any(n.domain == ops.DOMAIN for n in result.graph.node):
-        result = add_functions(result)  # the ai.onnxopt opset import and a fallback FunctionProto per custom op
+    if verify and feeds is None:
+        feeds = make_inputs(original, shapes)
+    results, checks, current = [], [], original
+    for exact, segment in _segments(pipeline):
+        seg_results = PassManager(segment).run(graph, contexts)
+        results += seg_results
+        if not any(r.changed for r in seg_results):
+            continue
+        candidate = _export(graph, original)
+        if verify:
+            check = verify_models(current, candidate, feeds, shapes, rtol=rtol, atol=atol)
+            names = [p.name for p in segment]
+            checks.append({"passes": names, "exact": exact, **check.to_json()})
+            if exact and not check.ok:
+                _fail(check, rtol, f"after {', '.join(names)}")
+        current = candidate
+    result = current if current is not original else _export(graph, original)
     after = model_stats(result, shapes)
 
-    verification = None
-    lossy = any(not p.exact for p in pipeline)
-    if verify:
-        verification = verify_models(original, result, feeds, shapes, rtol=rtol, atol=atol)
-    report = Report(source, str(output) if output is not None else None, before, after, results, verification)
-    if verification is not None and not verification.ok:
-        worst = verification.worst()
-        # Lossy passes are judged by their own budget; a broken shape or NaN pattern fails always.
-        if not lossy or not np.isfinite(worst.max_abs):
-            detail = f": {worst.reason}" if worst.reason else ""
-            raise VerificationError(
-                f"verification failed: output {worst.name!r} differs by max abs {worst.max_abs:.3g} "
-                f"(rel {worst.max_rel:.3g}, rtol {rtol:g}){detail}; nothing written")
+    verification = verify_models(original, result, feeds, shapes, rtol=rtol, atol=atol) if verify else None
+    lossy = any(r.changed and not _is_exact(pipeline, r.name) for r in results)
+    if verification is not None and not verification.ok and (not lossy or not np.isfinite(verification.worst().max_abs)):
+        _fail(verification, rtol, "")  # a broken shape or NaN pattern fails even when lossy passes ran
+    report = Report(source, str(output) if output is not None else None, before, after, results, verification,
+                    lossy=lossy, extra={"checks": checks})
     if output is not None:
         ir.save_model(result, output)
+    _flush_caches()
     if target is not None:
-        report.latency = measure_latency(original, result, target, feeds, shapes)
+        try:
+            report.latency = measure_latency(original, result, target, feeds, shapes)
+        except OnnxoptError as e:  # the model is written and verified: a failed measurement is reported
+            report.latency = {"error": str(e)}
     if report_path is not None:
         report.write_json(report_path)
     return result, report
+
+
+def _segments(pipeline: list[Pass]):
+    """Maximal runs of consecutive passes that are all exact or all lossy, in order."""
+    runs: list[tuple[bool, list[Pass]]] = []
+    for p in pipeline:
+        if runs and runs[-1][0] == bool(p.exact):
+            runs[-1][1].append(p)
+        else:
+            runs.append((bool(p.exact), [p]))
+    return runs
+
+
+def _is_exact(pipeline: list[Pass], name: str) -> bool:
+    return next((bool(p.exact) for p in pipeline if p.name == name), True)
+
+
+def _export(graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    model = ir.to_model(graph, original)
+    if any(n.domain == ops.DOMAIN for n in model.graph.node):
+        model = add_functions(model)  # the ai.onnxopt opset import and a fallback FunctionProto per custom op
+    return model
+
+
+def _fail(check: VerifyResult, rtol: float, where: str) -> None:
+    worst = check.worst()
+    detail = f": {worst.reason}" if worst.reason else ""
+    at = f" {where}" if where else ""
+    raise VerificationError(
+        f"verification failed{at}: output {worst.name!r} differs by max abs {worst.max_abs:.3g} "
+        f"(rel {worst.max_rel:.3g}, rtol {rtol:g}){detail}; nothing written")
+
+
+def _flush_caches() -> None:
+    """Save latency tables the passes filled (a pass never writes files itself); a cache that
+    cannot be written is only a missed speed-up next time."""
+    from onnxopt.runtime.lut import flush_tables
+
+    flush_tables()
 
 
 def measure_latency(before: onnx.ModelProto, after: onnx.ModelProto, target: Any,

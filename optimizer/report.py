@@ -34,6 +34,7 @@ class Report:
     after: ModelStats
     passes: list[PassResult]
     verification: VerifyResult | None
+    lossy: bool = False  # a lossy pass changed the model: the verification measures its deviation
     latency: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -43,7 +44,7 @@ class Report:
             "before": self.before.to_json(), "after": self.after.to_json(),
             "passes": [p.to_json() for p in self.passes],
             "verification": self.verification.to_json() if self.verification else None,
-            "latency": self.latency, **self.extra,
+            "lossy": self.lossy, "latency": self.latency, **self.extra,
         }
 
     def write_json(self, path: str | os.PathLike) -> None:
@@ -66,7 +67,9 @@ class Report:
         for label, x, y in (("nodes", b.nodes, a.nodes), ("parameters", b.params, a.params),
                             ("conv/gemm MACs", b.macs, a.macs)):
             lines.append(f"  {label:16}{human(x):>12}{human(y):>12}{_change(x, y):>10}")
-        if self.latency:
+        if self.latency and "error" in self.latency:
+            lines.append(f"  latency: not measured ({self.latency['error']})")
+        elif self.latency:
             lat = self.latency
             lines.append(f"  {'latency (ms)':16}{lat['before_ms']:>12.3f}{lat['after_ms']:>12.3f}"
                          f"{lat['speedup']:>9.2f}x   [{lat['describe']}; speed-up = median of paired ratios]")
@@ -82,7 +85,14 @@ class Report:
         if not self.passes:
             lines.append("  (none)")
         v = self.verification
-        if v is not None:
+        if v is not None and self.lossy:
+            for check in self.extra.get("checks", []):
+                if check["exact"]:
+                    lines.append(f"verification of {', '.join(check['passes'])} (exact): max rel err "
+                                 f"{check['max_rel']:.3g} (rtol {v.rtol:g}) OK")
+            lines.append(f"deviation from the original (lossy passes ran): {len(v.outputs)} output(s), "
+                         f"max abs {v.max_abs:.3g}, max rel {v.max_rel:.3g}")
+        elif v is not None:
             state = "OK" if v.ok else "FAILED"
             lines.append(f"verification: {len(v.outputs)} output(s), max abs err {v.max_abs:.3g}, "
                          f"max rel err {v.max_rel:.3g} (rtol {v.rtol:g}) {state}")

@@ -570,7 +570,6 @@ class _Perforator:
                 if t < kept[-1][1]:
                     kept.append((r, t))
             rungs[layer.name] = kept
-        self.lut.save()
         level = {name: 0 for name in rungs}
         frozen: set[str] = set()
         config: dict[str, float] = {}
@@ -641,8 +640,6 @@ class _Perforator:
                 row.update(time_dense_ms=round(dense, 4), time_perforated_ms=round(perf, 4),
                            time_saved_ms=round(dense - perf, 4))
             rows.append(row)
-        if self.lut is not None:
-            self.lut.save()
         d = self.result.details
         d.update(layers=rows, data=self.data_source, deviation=round(final["deviation"], 6),
                  agreement=round(final["agreement"], 6), budget=dict(self.budgets) or None,

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,6 +22,8 @@ import onnx
 
 from .latency import bench, environment
 from .targets import Target
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -37,6 +41,20 @@ def layer_key(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any]
     return f"{op}|{';'.join('x'.join(map(str, s)) for s in shapes)}|{attr_text}|{rate:.4f}"
 
 
+_OPEN: "weakref.WeakSet[LatencyTable]" = weakref.WeakSet()
+
+
+def flush_tables() -> None:
+    """Save every table measured into since it was loaded (passes do not write files themselves;
+    the API calls this after the passes ran). A cache that cannot be written is skipped."""
+    for table in list(_OPEN):
+        if table.measured:
+            try:
+                table.save()
+            except OSError as e:
+                log.info("latency table %s not saved: %s", table.path, e)
+
+
 class LatencyTable:
     """Layer times (ms, median) on one target; measured on first request, then read from disk."""
 
@@ -45,6 +63,7 @@ class LatencyTable:
         self.path = Path(path) if path else cache_dir() / f"{table_id(target)}.json"
         self.entries: dict[str, float] = {}
         self.measured = 0
+        _OPEN.add(self)
         if self.path.is_file():
             try:
                 self.entries = {k: float(v) for k, v in json.loads(self.path.read_text()).get("entries", {}).items()}
@@ -67,4 +86,5 @@ class LatencyTable:
         with os.fdopen(fd, "w") as f:
             json.dump({"target": self.target.name, "environment": environment(), "entries": self.entries}, f, indent=1)
         os.replace(tmp, self.path)
+        self.measured = 0
         return self.path

@@ -64,3 +64,35 @@ def test_verify_api_with_npz(tmp_path, tiny_path):
     np.savez(tmp_path / "in.npz", x=np.ones((3, 3, 8, 8), np.float32))
     result = onnxopt.verify(tiny_path, tiny_path, inputs=tmp_path / "in.npz")
     assert result.ok and result.max_abs == 0
+
+
+class LossyNoop:
+    name, exact, order = "test-lossy-noop", False, 100
+
+    def run(self, graph, ctx):
+        return PassResult(self.name, skipped="nothing to do")
+
+
+class LossyScale:
+    """A lossy pass that changes the numbers a little (as a perforation would)."""
+
+    name, exact, order = "test-lossy-scale", False, 100
+
+    def run(self, graph, ctx):
+        w = graph.tensors()["W"]
+        w.values = w.values * 1.01
+        return PassResult(self.name, changed=True, summary="scaled weights by 1.01")
+
+
+@pytest.mark.parametrize("lossy", [LossyNoop, LossyScale])
+def test_a_lossy_pass_does_not_excuse_an_exact_one(tmp_path, tiny_path, lossy):
+    out = tmp_path / "o.onnx"
+    with pytest.raises(VerificationError, match="after test-corrupt"):
+        onnxopt.apply(tiny_path, passes=[Corrupt(), lossy()], output=out)
+    assert not out.exists()
+
+
+def test_lossy_deviation_is_reported_not_failed(tmp_path, tiny_path):
+    model, report = onnxopt.apply(tiny_path, passes=["fold", LossyScale()], output=tmp_path / "o.onnx")
+    assert report.lossy and not report.verification.ok and report.verification.max_rel > 1e-3
+    assert "deviation from the original (lossy passes ran)" in report.summary()
