@@ -292,8 +292,36 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def uniquify_names(graph: gs.Graph) -> int:
+    """Give distinct tensors distinct names (graph inputs and outputs keep theirs); returns renames.
+
+    A pass may name a new tensor after its node (``conv/W``), and two unnamed or same-named nodes
+    then collide: exported as is, one initializer would silently serve both. Renaming here, once,
+    protects every pass.
+    """
+    owner: dict[str, int] = {}
+    tensors = [*graph.inputs, *graph.outputs]
+    for node in graph.nodes:
+        tensors += [*node.inputs, *node.outputs]
+    renamed = 0
+    for t in tensors:
+        if not t.name:
+            continue
+        first = owner.setdefault(t.name, id(t))
+        if first == id(t):
+            continue
+        k, base = 1, t.name
+        while f"{base}_{k}" in owner:
+            k += 1
+        t.name = f"{base}_{k}"
+        owner[t.name] = id(t)
+        renamed += 1
+    return renamed
+
+
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export a graph, keeping the original model's opsets, metadata and producer; IR fitted to the runtime."""
+    uniquify_names(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     opsets = {o.domain: o.version for o in like.opset_import}
     opsets.update({o.domain: o.version for o in model.opset_import if o.domain not in opsets})

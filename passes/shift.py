@@ -313,20 +313,25 @@ def shuffle_permutation(last: gs.Node) -> tuple[gs.Tensor, np.ndarray] | None:
     shape = x.shape
     if shape is None or len(shape) != 4 or not all(isinstance(d, (int, np.integer)) for d in shape[1:]):
         return None
-    n = shape[0] if isinstance(shape[0], (int, np.integer)) else 1
     c, h, w = (int(d) for d in shape[1:])
-    probe = np.arange(n * c * h * w).reshape(n, c, h, w)
-    y = _reshape_to(probe, first)
-    if y is None:
-        return None
-    perm = tr.attrs.get("perm")
-    y = np.transpose(y, perm) if perm is not None else np.transpose(y)
-    y = _reshape_to(y, last)
-    if y is None or y.shape != probe.shape:
-        return None
-    src = y[0, :, 0, 0] // (h * w)
-    if not np.array_equal(y, probe[:, src]):
-        return None
+    # A dynamic batch is probed at two sizes: a Reshape that folds the batch into the channels is
+    # a channel permutation at N = 1 and mixes images at N = 2.
+    batches = [int(shape[0])] if isinstance(shape[0], (int, np.integer)) else [2, 3]
+    src = None
+    for n in batches:
+        probe = np.arange(n * c * h * w).reshape(n, c, h, w)
+        y = _reshape_to(probe, first)
+        if y is None:
+            return None
+        perm = tr.attrs.get("perm")
+        y = np.transpose(y, perm) if perm is not None else np.transpose(y)
+        y = _reshape_to(y, last)
+        if y is None or y.shape != probe.shape:
+            return None
+        found = y[0, :, 0, 0] // (h * w)  # flat channel index: >= c reads another image
+        if found.max() >= c or not np.array_equal(y, probe[:, found]) or (src is not None and not np.array_equal(found, src)):
+            return None
+        src = found
     return x, src
 
 

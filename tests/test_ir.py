@@ -142,3 +142,19 @@ def test_initializer_data_must_match_its_dims(tiny_model, dims, needle):
 def test_zero_size_initializer_is_fine(tiny_model):
     tiny_model.graph.initializer.append(numpy_helper.from_array(np.zeros((0, 3), np.float32), "empty"))
     assert ir.load_model(tiny_model) is tiny_model
+
+
+def test_distinct_tensors_with_one_name_are_renamed_on_export(tiny_model):
+    g = ir.to_graph(tiny_model)
+    conv = g.nodes[0]
+    # a pass that names a new weight after an unnamed node, twice
+    conv.inputs[1] = gs.Constant("/W", conv.inputs[1].values * 2)
+    x = g.inputs[0]
+    y2 = gs.Variable("y2", dtype=np.float32)
+    g.nodes.append(gs.Node("Conv", inputs=[x, gs.Constant("/W", conv.inputs[1].values * 3), conv.inputs[2]],
+                           outputs=[y2], attrs=dict(conv.attrs)))
+    g.outputs.append(y2)
+    assert ir.uniquify_names(g) == 1
+    model = ir.to_model(g, tiny_model)
+    assert sorted(t.name for t in model.graph.initializer) == ["/W", "/W_1", "B"]
+    assert [o.name for o in model.graph.output] == ["y", "y2"]

@@ -434,3 +434,21 @@ def test_shufflenetv2(runtime):
     out, res = optimise(model, address_permutations=True)
     counts = op_counts(out)
     assert counts[ops.ADDRESS_CONV] == 13 and counts["Gather"] == 13
+
+
+def test_batch_mixing_reshape_transpose_is_not_a_shuffle():
+    """[N,4,5,5] -> Reshape[2,-1,5,5] -> Transpose -> Reshape[-1,4,5,5] permutes channels at N=1 but
+    mixes images at N=2: it must be left alone."""
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.passes.shift import shuffle_permutation
+
+    x = gs.Variable("x", np.float32, ["N", 4, 5, 5])
+    a, b, y = (gs.Variable(n, np.float32) for n in "aby")
+    nodes = [gs.Node("Reshape", inputs=[x, gs.Constant("s1", np.array([2, -1, 5, 5], np.int64))], outputs=[a]),
+             gs.Node("Transpose", attrs={"perm": [1, 0, 2, 3]}, inputs=[a], outputs=[b]),
+             gs.Node("Reshape", inputs=[b, gs.Constant("s2", np.array([-1, 4, 5, 5], np.int64))], outputs=[y])]
+    gs.Graph(nodes=nodes, inputs=[x], outputs=[y])
+    assert shuffle_permutation(nodes[2]) is None
+    x.shape = [1, 4, 5, 5]  # with a fixed batch of 1 it really is a channel permutation
+    assert shuffle_permutation(nodes[2]) is not None
