@@ -55,6 +55,9 @@ def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, outpu
         ir.check_writable(output)
     if report_path is not None:
         ir.check_writable(report_path)
+        taken = [p for p in (source if not isinstance(model, onnx.ModelProto) else None, output) if p is not None]
+        if any(Path(report_path).resolve() == Path(p).resolve() for p in taken):
+            raise OnnxoptError(f"{report_path}: the report would overwrite the input or output model")
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     feeds = load_inputs(inputs, original) if isinstance(inputs, (str, os.PathLike)) else inputs
 

@@ -297,8 +297,7 @@ def bench_cmd(model, other, target, runs, warmup, json_path, input_shapes):
         click.echo(f"ratio {other} / {model}: {cmp.ratio:.3f} (p10 {cmp.ratio_p10:.3f}, p90 {cmp.ratio_p90:.3f}), "
                    f"speed-up {cmp.speedup:.2f}x")
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
+        ir.write_text_atomic(json_path, json.dumps(result, indent=2))
 
 
 @cli.command("profile")
@@ -330,12 +329,12 @@ def profile_cmd(model, other, target, runs, html_path, json_path, top, input_sha
         click.echo(f"  {n.median_us:>10.1f} us  {n.op:16} {n.name}")
     if html_path:
         header = {"model": model, "vs": other or "-", "target": tgt.describe(), **environment()}
-        with open(html_path, "w") as f:
-            f.write(render_html(before, after, title=f"onnxopt profile: {os.path.basename(model)}", header=header))
+        ir.write_text_atomic(html_path, render_html(before, after, title=f"onnxopt profile: {os.path.basename(model)}",
+                                                    header=header))
         click.echo(f"html: {html_path}")
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"before": before.to_json(), "after": after.to_json() if after else None}, f, indent=2)
+        ir.write_text_atomic(json_path, json.dumps({"before": before.to_json(),
+                                                    "after": after.to_json() if after else None}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -370,6 +370,28 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     return path
 
 
+def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write a text file (report, JSON, HTML) atomically: a unique temp file beside it, then rename."""
+    path = Path(path)
+    check_writable(path)
+    fd, tmp = None, None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+        with os.fdopen(fd, "w") as f:
+            fd = None
+            f.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise OnnxoptError(f"{path}: cannot write: {e.strerror or e}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def _fsync(p: Path) -> None:
     with open(p, "rb+") as f:
         os.fsync(f.fileno())

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .cost import ModelStats
@@ -48,18 +47,9 @@ class Report:
         }
 
     def write_json(self, path: str | os.PathLike) -> None:
-        from .ir import check_writable
+        from .ir import write_text_atomic
 
-        from .errors import OnnxoptError
-
-        check_writable(path)
-        tmp = Path(str(path) + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_json(), indent=2, default=str))
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise OnnxoptError(f"{path}: cannot write report: {e.strerror or e}") from None
+        write_text_atomic(path, json.dumps(self.to_json(), indent=2, default=str))
 
     def summary(self) -> str:
         b, a = self.before, self.after

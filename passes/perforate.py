@@ -237,6 +237,11 @@ class _Perforator:
             return f"auto_pad {node.attrs['auto_pad']}: perforation needs explicit pads"
         if len(node.inputs) > 2 and node.inputs[2].name and not isinstance(node.inputs[2], gs.Constant):
             return "bias is not a constant initializer"
+        declared = node.inputs[0].shape
+        if declared is None or len(declared) != 4 or not all(isinstance(d, (int, np.integer)) for d in declared[2:]):
+            # a mask (and a strided plan's gathers) is made for one output size: baked into a model
+            # whose H, W stay dynamic it would be wrong, or refused, at any other size
+            return "spatial size is dynamic in the model (a mask is made for one size): export with a fixed H, W"
         x, y = shapes.get(node.inputs[0].name), shapes.get(node.outputs[0].name)
         if x is None or y is None or len(y) != 4:
             return "output shape unknown (give --input-shape or calibration data)"

@@ -76,11 +76,31 @@ def pinned(target: Target):
         os.sched_setaffinity(0, before)
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
 def make_session(model: onnx.ModelProto | bytes | str, target: Target, **extra):
+    from onnxopt.errors import OnnxoptError
+
     from . import session
 
     providers = [target.provider] + (["CPUExecutionProvider"] if target.provider != "CPUExecutionProvider" else [])
-    return session(model, providers=providers, **target.session_kwargs(), **extra)
+    try:
+        return session(model, providers=providers, **target.session_kwargs(), **extra)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise OnnxoptError(f"onnxruntime cannot load the model: {_one_line(e)}") from None
+
+
+def run_once(sess, feeds) -> None:
+    """One inference; a failure becomes a one-line error (e.g. a shape that needs --input-shape)."""
+    from onnxopt.errors import OnnxoptError
+
+    try:
+        sess.run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise OnnxoptError(f"onnxruntime cannot run the model: {_one_line(e)} "
+                           "(dynamic dims are 1 unless --input-shape says otherwise)") from None
 
 
 def _feeds_for(model, feeds, input_shapes):
@@ -100,6 +120,8 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def _timer(sess, feeds):
+    run_once(sess, feeds)  # fail with a clear message before any timing starts
+
     def once() -> float:
         t0 = time.perf_counter()
         sess.run(None, feeds)

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .latency import _feeds_for, make_session, pinned
+from .latency import _feeds_for, make_session, pinned, run_once
 from .targets import Target
 
 
@@ -76,7 +76,7 @@ def profile_model(model, target: Target, feeds: Mapping[str, np.ndarray] | None 
         sess = make_session(model, target, profile_prefix=os.path.join(tmp, "prof"))
         inputs = _feeds_for(model, feeds, input_shapes)
         for _ in range(warmup + runs):
-            sess.run(None, inputs)
+            run_once(sess, inputs)
         path = sess.end_profiling()
         with open(path) as f:
             events = json.load(f)

@@ -117,3 +117,29 @@ def test_pass_options(capsys, tmp_path):
     assert code == 2 and "not in the pipeline" in err
     code, _, err = run(capsys, "apply", src, "--option", "threshold=0.5")
     assert code == 2 and "PASS.KEY=VALUE" in err
+
+
+def test_report_may_not_overwrite_a_model(capsys, tiny_path, tmp_path):
+    before = tiny_path.read_bytes()
+    code, _, err = run(capsys, "apply", tiny_path, "--report", tiny_path)
+    assert code == 2 and "would overwrite" in err and tiny_path.read_bytes() == before
+    code, _, err = run(capsys, "apply", tiny_path, "-o", tmp_path / "o.onnx", "--report", tmp_path / "o.onnx")
+    assert code == 2 and not (tmp_path / "o.onnx").exists()
+
+
+def test_bench_and_profile_fail_cleanly_on_unrunnable_shapes(capsys, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    w = np.ones((4, 3, 3, 3), np.float32)
+    m = make_model([helper.make_node("Conv", ["x", "W"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+    p = tmp_path / "m.onnx"
+    onnx.save(m, p)
+    for cmd in ("bench", "profile"):
+        code, _, err = run(capsys, cmd, p, "--runs", 2)
+        assert code == 2 and "--input-shape" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "bench", p, "--runs", 2, "--input-shape", "x:1x3x8x8")
+    assert code == 0, err

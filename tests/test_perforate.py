@@ -397,3 +397,21 @@ def test_cli_perforate(tmp_path, calib):
     out = onnx.load(tmp_path / "o.onnx")
     assert [n.name for n in out.graph.node if n.op_type == ops.PERFORATED_CONV] == ["conv1"]
     assert main(["apply", str(src), "--perforate", "conv1=2"]) == 2
+
+
+def test_dynamic_spatial_size_is_declined(tmp_path):
+    """A mask made for 16x16 must not be baked into a model whose H, W stay dynamic."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out, report = onnxopt.apply(model, passes=["perforate"], input_shapes={"x": [1, 3, 16, 16]},
+                                options={"perforate": {"rate": 0.25, "strategy": "grid"}})
+    res = report.passes[0]
+    assert not res.changed and any("spatial size is dynamic" in reason for _, reason in res.declined)
+    assert [n.op_type for n in out.graph.node] == ["Conv"]
