@@ -5,6 +5,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "perforated_conv_kernels.h"
 
 namespace onnxopt {
@@ -71,39 +73,88 @@ __mmask16 bits(std::int64_t from, std::int64_t to) {  // lanes [from, to) of 16,
   return static_cast<__mmask16>(((1u << to) - 1u) & ~((1u << from) - 1u));
 }
 
-// Per chunk and tap: one masked row load (zeros outside the image), compressed to the kept lanes
-// and stored after the values already written for this row.
-void chunk_pack(const float* image, const PanelGeometry& g, const PackChunk* chunks, int count, int nc, int nr,
-                float* dst) {
-  const __m512 zero = _mm512_setzero_ps();
-  for (std::int64_t c = 0; c < g.channels; ++c) {
-    const float* plane = image + c * g.plane;
-    for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
-      for (std::int64_t kx = 0; kx < g.kernel_w; ++kx) {
-        float* out = dst;
+constexpr int kPrefetchChannels = 4;
+
+bool perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int nr, PermPlan* plan) {
+  const int vectors = nr / 16;
+  const std::int64_t taps = g.kernel_h * g.kernel_w;
+  if (count > kMaxPermSegments || taps * vectors > kMaxPermVectors) return false;
+  for (int i = 0; i < count; ++i) plan->segment[i] = segs[i];
+  plan->vectors = static_cast<int>(taps) * vectors;
+  int nops = 0;
+  for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
+    for (std::int64_t kx = 0; kx < g.kernel_w; ++kx) {
+      for (int v = 0; v < vectors; ++v) {
+        int n = 0;
         for (int i = 0; i < count; ++i) {
-          const PackChunk& ch = chunks[i];
-          const __mmask16 keep = static_cast<__mmask16>(ch.keep);
-          const int kept = __builtin_popcount(ch.keep);
-          const std::int64_t y = ch.iy + ky * g.dilation_h;
-          __m512 v = zero;
-          if (y >= 0 && y < g.height) {
-            const std::int64_t x = ch.ix + kx * g.dilation_w;
-            const __mmask16 load = static_cast<__mmask16>(keep & bits(-x, g.width - x));
-            if (load) v = _mm512_maskz_loadu_ps(load, plane + y * g.width + x);
-          }
-          _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << kept) - 1u), _mm512_maskz_compress_ps(keep, v));
-          out += kept;
+          const PermSegment& sg = segs[i];
+          if (sg.vector != v) continue;
+          const std::int64_t y = sg.iy + ky * g.dilation_h;
+          if (y < 0 || y >= g.height) continue;
+          const std::int64_t x = sg.ix + kx * g.dilation_w;
+          const __mmask16 lo = bits(-x, g.width - x);
+          const __mmask16 hi = sg.wide ? bits(-x - 16, g.width - x - 16) : static_cast<__mmask16>(0);
+          if (lo == 0 && hi == 0) continue;
+          if (nops == kMaxPermOps) return false;
+          plan->op[nops++] = PermOp{y * g.width + x, sg.lanes, lo, hi, static_cast<std::uint8_t>(i), sg.wide};
+          ++n;
         }
-        for (int j = nc; j < nr; ++j) dst[j] = 0.0f;
-        dst += nr;
+        plan->counts[(ky * g.kernel_w + kx) * vectors + v] = static_cast<std::uint8_t>(n);
       }
     }
+  }
+  plan->ops = nops;
+  // The input lines (16-float units of the channel plane) the ops read.
+  int nlines = 0;
+  for (int i = 0; i < nops; ++i) {
+    const std::int64_t first = plan->op[i].offset >> 4;
+    const std::int64_t last = (plan->op[i].offset + (plan->op[i].wide ? 31 : 15)) >> 4;
+    for (std::int64_t line = first; line <= last && nlines < kMaxPermLines; ++line) {
+      bool seen = false;
+      for (int j = 0; j < nlines && !seen; ++j) seen = plan->line[j] == line * 16;
+      if (!seen) plan->line[nlines++] = line * 16;
+    }
+  }
+  plan->lines = nlines;
+  return true;
+}
+
+// Per channel and tap, each 16-lane vector is one or two row loads and a permute per segment.
+// The input lines the plan reads are prefetched kPrefetchChannels channel planes ahead: a
+// channel's few rows come from L3 (X does not stay in L2), the hardware prefetchers do not
+// follow this pattern, and without it the packing waits on L3 latency.
+void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
+  const int total = plan.vectors;
+  for (std::int64_t c = 0; c < g.channels; ++c) {
+    const float* plane = image + c * g.plane;
+    if (c + kPrefetchChannels < g.channels) {
+      const float* ahead = plane + kPrefetchChannels * g.plane;
+      for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + plan.line[j]), _MM_HINT_T0);
+    }
+    const PermOp* op = plan.op;
+    for (int tv = 0; tv < total; ++tv) {
+      __m512 r = _mm512_setzero_ps();
+      for (int i = plan.counts[tv]; i > 0; --i, ++op) {
+        const float* src = plane + op->offset;
+        const __m512i idx = _mm512_loadu_si512(plan.segment[op->segment].index);
+        const __m512 lo = _mm512_maskz_loadu_ps(op->lo, src);
+        __m512 v;
+        if (op->wide)
+          v = _mm512_permutex2var_ps(lo, idx, _mm512_maskz_loadu_ps(op->hi, src + 16));
+        else
+          v = _mm512_permutexvar_ps(idx, lo);
+        r = _mm512_mask_mov_ps(r, op->lanes, v);
+      }
+      _mm512_storeu_ps(dst + 16 * tv, r);
+    }
+    dst += total * 16;
   }
 }
 
 }  // namespace
 
-PerforatedKernels perforated_kernels_avx512() { return {&pack, &fill, &chunk_pack}; }
+PerforatedKernels perforated_kernels_avx512() {
+  return {&pack, &fill, &perm_plan, &perm_pack, perforated_acc_tile_avx512()};
+}
 
 }  // namespace onnxopt
