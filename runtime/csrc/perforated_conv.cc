@@ -119,6 +119,8 @@ PerforatedKernels choose_kernels(const GemmIsa& isa) {
 int panel_segments(const PerforatedConvShape& s, const std::int32_t* pos, int nc, int nr, int max_per_vector,
                    PermSegment* segs) {
   const std::int64_t wo = s.out_width();
+  const std::int64_t span = 32 - (s.kernel_w - 1) * s.dilation_w;  // window indices of tap (., 0)
+  if (span <= 0) return 0;
   int count = 0;
   for (int v = 0; v * 16 < nr; ++v) {
     const int first = count;
@@ -129,7 +131,7 @@ int panel_segments(const PerforatedConvShape& s, const std::int32_t* pos, int nc
       int i = first;
       for (; i < count; ++i) {
         const std::int64_t at = (ox - bases[i - first]) * s.stride_w;
-        if (oys[i - first] == oy && at >= 0 && at < 32) break;
+        if (oys[i - first] == oy && at >= 0 && at < span) break;
       }
       if (i == count) {
         if (count - first == max_per_vector) return 0;
@@ -139,15 +141,13 @@ int panel_segments(const PerforatedConvShape& s, const std::int32_t* pos, int nc
         sg.iy = static_cast<std::int32_t>(oy * s.stride_h - s.pad_top);
         sg.ix = static_cast<std::int32_t>(ox * s.stride_w - s.pad_left);
         sg.lanes = 0;
-        sg.vector = static_cast<std::uint8_t>(v);
-        sg.wide = 0;
+        sg.vector = static_cast<std::uint16_t>(v);
         std::fill(sg.index, sg.index + 16, 0);
       }
       PermSegment& sg = segs[i];
       const std::int64_t at = (ox - bases[i - first]) * s.stride_w;
       sg.lanes = static_cast<std::uint16_t>(sg.lanes | (1u << l));
       sg.index[l] = static_cast<std::int32_t>(at);
-      if (at >= 16) sg.wide = 1;
     }
   }
   return count;
@@ -300,6 +300,9 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
           PT_T(t_p);
           pack_panel(q, c0, channels, packed.data());
           PT_ACC(0, t_p);
+#ifdef PTUNE_DOUBLE
+          { PT_T(t_p2); pack_panel(q, c0, channels, packed.data()); PT_ACC(3, t_p2); }
+#endif
           PT_T(t_g);
           for (std::int64_t m = m_begin; m < m_end; m += isa.mr) {
             const std::int64_t row = g * m_per_group + m;

@@ -76,39 +76,30 @@ __mmask16 bits(std::int64_t from, std::int64_t to) {  // lanes [from, to) of 16,
 constexpr int kPrefetchChannels = 4;
 
 bool perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int nr, PermPlan* plan) {
-  const int vectors = nr / 16;
-  const std::int64_t taps = g.kernel_h * g.kernel_w;
-  if (count > kMaxPermSegments || taps * vectors > kMaxPermVectors) return false;
+  if (count > kMaxPermSegments || g.kernel_h * count > kMaxPermOps) return false;
   for (int i = 0; i < count; ++i) plan->segment[i] = segs[i];
-  plan->vectors = static_cast<int>(taps) * vectors;
   int nops = 0;
   for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
-    for (std::int64_t kx = 0; kx < g.kernel_w; ++kx) {
-      for (int v = 0; v < vectors; ++v) {
-        int n = 0;
-        for (int i = 0; i < count; ++i) {
-          const PermSegment& sg = segs[i];
-          if (sg.vector != v) continue;
-          const std::int64_t y = sg.iy + ky * g.dilation_h;
-          if (y < 0 || y >= g.height) continue;
-          const std::int64_t x = sg.ix + kx * g.dilation_w;
-          const __mmask16 lo = bits(-x, g.width - x);
-          const __mmask16 hi = sg.wide ? bits(-x - 16, g.width - x - 16) : static_cast<__mmask16>(0);
-          if (lo == 0 && hi == 0) continue;
-          if (nops == kMaxPermOps) return false;
-          plan->op[nops++] = PermOp{y * g.width + x, sg.lanes, lo, hi, static_cast<std::uint8_t>(i), sg.wide};
-          ++n;
-        }
-        plan->counts[(ky * g.kernel_w + kx) * vectors + v] = static_cast<std::uint8_t>(n);
-      }
+    for (int i = 0; i < count; ++i) {
+      const PermSegment& sg = segs[i];
+      const std::int64_t y = sg.iy + ky * g.dilation_h;
+      const std::int64_t x = sg.ix;
+      const bool row = y >= 0 && y < g.height;
+      const __mmask16 lo = row ? bits(-x, g.width - x) : static_cast<__mmask16>(0);
+      const __mmask16 hi = row ? bits(-x - 16, g.width - x - 16) : static_cast<__mmask16>(0);
+      // A window outside the image loads nothing and stores the zero padding.
+      plan->op[nops++] = PermOp{static_cast<std::int32_t>(lo || hi ? y * g.width + x : 0),
+                                static_cast<std::int32_t>(ky * g.kernel_w * nr + 16 * sg.vector), sg.lanes, lo, hi,
+                                static_cast<std::uint16_t>(i)};
     }
   }
   plan->ops = nops;
-  // The input lines (16-float units of the channel plane) the ops read.
+  // The input lines (16-float units of the channel plane) the windows cover.
   int nlines = 0;
   for (int i = 0; i < nops; ++i) {
+    if (!plan->op[i].lo && !plan->op[i].hi) continue;
     const std::int64_t first = plan->op[i].offset >> 4;
-    const std::int64_t last = (plan->op[i].offset + (plan->op[i].wide ? 31 : 15)) >> 4;
+    const std::int64_t last = (plan->op[i].offset + 31) >> 4;
     for (std::int64_t line = first; line <= last && nlines < kMaxPermLines; ++line) {
       bool seen = false;
       for (int j = 0; j < nlines && !seen; ++j) seen = plan->line[j] == line * 16;
@@ -116,38 +107,40 @@ bool perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int n
     }
   }
   plan->lines = nlines;
+  plan->stride = g.kernel_h * g.kernel_w * nr;
   return true;
 }
 
-// Per channel and tap, each 16-lane vector is one or two row loads and a permute per segment.
-// The input lines the plan reads are prefetched kPrefetchChannels channel planes ahead: a
-// channel's few rows come from L3 (X does not stay in L2), the hardware prefetchers do not
-// follow this pattern, and without it the packing waits on L3 latency.
+// Per channel, each op (a segment and a kernel row) is two masked loads of its 32-float window
+// and, per kernel column, a permute (the index moved by the dilation) and a masked store of the
+// segment's lanes: no data-dependent branches, and the window is loaded once for all kernel
+// columns (the loads, not the permutes, bound this loop).  Lanes that no segment fills (columns
+// >= nc of the last panel) keep whatever the buffer held: the tiles never store those columns.
+// The input lines the plan reads are prefetched kPrefetchChannels channel planes ahead (a
+// channel's few rows may come from L3, in a pattern the hardware prefetchers do not follow).
 void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
-  const int total = plan.vectors;
+  const __m512i step = _mm512_set1_epi32(static_cast<int>(g.dilation_w));
+  const std::int64_t nr = plan.stride / (g.kernel_h * g.kernel_w);
   for (std::int64_t c = 0; c < g.channels; ++c) {
     const float* plane = image + c * g.plane;
     if (c + kPrefetchChannels < g.channels) {
       const float* ahead = plane + kPrefetchChannels * g.plane;
       for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + plan.line[j]), _MM_HINT_T0);
     }
-    const PermOp* op = plan.op;
-    for (int tv = 0; tv < total; ++tv) {
-      __m512 r = _mm512_setzero_ps();
-      for (int i = plan.counts[tv]; i > 0; --i, ++op) {
-        const float* src = plane + op->offset;
-        const __m512i idx = _mm512_loadu_si512(plan.segment[op->segment].index);
-        const __m512 lo = _mm512_maskz_loadu_ps(op->lo, src);
-        __m512 v;
-        if (op->wide)
-          v = _mm512_permutex2var_ps(lo, idx, _mm512_maskz_loadu_ps(op->hi, src + 16));
-        else
-          v = _mm512_permutexvar_ps(idx, lo);
-        r = _mm512_mask_mov_ps(r, op->lanes, v);
+    for (int i = 0; i < plan.ops; ++i) {
+      const PermOp& op = plan.op[i];
+      const float* src = plane + op.offset;
+      const __m512 lo = _mm512_maskz_loadu_ps(op.lo, src);
+      const __m512 hi = _mm512_maskz_loadu_ps(op.hi, src + 16);
+      __m512i idx = _mm512_loadu_si512(plan.segment[op.segment].index);
+      float* out = dst + op.dst;
+      for (std::int64_t kx = 0; kx < g.kernel_w; ++kx) {
+        _mm512_mask_storeu_ps(out, op.lanes, _mm512_permutex2var_ps(lo, idx, hi));
+        idx = _mm512_add_epi32(idx, step);
+        out += nr;
       }
-      _mm512_storeu_ps(dst + 16 * tv, r);
     }
-    dst += total * 16;
+    dst += plan.stride;
   }
 }
 

@@ -22,15 +22,15 @@ using PerforatedPackFn = void (*)(const float* image, const PanelGeometry& g, co
                                   const std::uint8_t* inside, int nr, float* dst);
 
 // A group of lanes of one 16-lane vector of a panel whose values, for every tap, lie in one
-// window of 16 or 32 consecutive floats of one input row: tap (ky, kx) reads row
-// iy + ky * dilation_h from column ix + kx * dilation_w on, and lane l takes window[index[l]].
-// A panel of kept positions that cluster on a few output rows is a short list of these: per
-// channel and tap one or two row loads and a permute per segment, no gathers.
+// window of 32 consecutive floats of one input row: kernel row ky reads the window at row
+// iy + ky * dilation_h from column ix on, and for kernel column kx lane l takes
+// window[index[l] + kx * dilation_w] (so index + (kernel_w - 1) * dilation_w < 32).  A panel of
+// kept positions that cluster on a few output rows is a short list of these: per channel and
+// kernel row two loads per segment, then a permute per tap, no gathers.
 struct PermSegment {
   std::int32_t iy, ix;
   std::uint16_t lanes;   // lanes of the vector this segment fills
-  std::uint8_t vector;   // which 16-lane vector of the panel
-  std::uint8_t wide;     // window of 32 floats (1) or 16 (0)
+  std::uint16_t vector;  // which 16-lane vector of the panel
   std::int32_t index[16];
 };
 
@@ -39,17 +39,17 @@ struct PermSegment {
 // once per panel; then every K block of channels is packed from it.
 constexpr int kMaxPermSegments = 16;
 constexpr int kMaxPermOps = 256;
-constexpr int kMaxPermVectors = 128;
 constexpr int kMaxPermLines = 64;
-struct PermOp {
-  std::int64_t offset;  // from the channel plane
-  std::uint16_t lanes, lo, hi;
-  std::uint8_t segment, wide;
+struct PermOp {  // one segment and kernel row
+  std::int32_t offset;  // window start in the channel plane
+  std::int32_t dst;     // from the channel's first packed row: (ky * kernel_w) * nr + 16 * vector
+  std::uint16_t lanes, lo, hi;  // lanes stored; load masks of the window's two halves
+  std::uint16_t segment;
 };
 struct PermPlan {
-  int ops = 0, lines = 0, vectors = 0;  // vectors: taps x nr / 16
-  std::uint8_t counts[kMaxPermVectors];  // ops per (tap, vector), in that order
-  PermOp op[kMaxPermOps];
+  int ops = 0, lines = 0;
+  std::int64_t stride = 0;  // packed floats per channel (taps x nr)
+  PermOp op[kMaxPermOps];   // one per kernel row and segment
   std::int64_t line[kMaxPermLines];  // float offsets of the input lines read, from the channel plane
   PermSegment segment[kMaxPermSegments];
 };
