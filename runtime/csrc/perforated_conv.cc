@@ -6,21 +6,11 @@
 
 #include "perforated_conv_kernels.h"
 
-#ifdef PTUNE_PROFILE
-#include <x86intrin.h>
-#define PT_T(v) const unsigned long long v = __rdtsc()
-#define PT_ACC(i, v) ::onnxopt::ptune_cycles[i] += static_cast<double>(__rdtsc() - v)
-#else
-#define PT_T(v)
-#define PT_ACC(i, v)
-#endif
 namespace onnxopt {
-#ifdef PTUNE_PROFILE
-double ptune_cycles[4];
-#endif
 namespace {
 
-// The packed input block of one work item stays within this many bytes (half of a 1 MiB L2):
+// Without K-blocking (AVX2, portable): the packed input block of one work item stays within this
+// many bytes (half of a 1 MiB L2):
 // its panels are re-read once per row block of the weights.  But it holds at least kMinPanels
 // panels: each row block of the weights (mr x K, 110 KiB at K = 2304) is streamed from L3 once
 // per block, and with one panel per block that stream halves the tile's speed (measured: 118
@@ -115,7 +105,8 @@ PerforatedKernels choose_kernels(const GemmIsa& isa) {
 
 // The segments of a panel (see PermSegment), or 0 when some vector would need more than
 // `max_per_vector` of them (sparse or scattered positions: gathers are cheaper there).  A lane
-// joins a segment of its vector on the same output row whose window still holds it.
+// joins a segment of its vector on the same output row whose window still holds all of its
+// taps (window index of tap (., 0) below 32 - (kernel_w - 1) * dilation_w).
 int panel_segments(const PerforatedConvShape& s, const std::int32_t* pos, int nc, int nr, int max_per_vector,
                    PermSegment* segs) {
   const std::int64_t wo = s.out_width();
@@ -256,7 +247,6 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     offsets.resize(static_cast<std::size_t>(panels * taps * nr));
     inside.resize(static_cast<std::size_t>(panels * taps));
     segments.resize(static_cast<std::size_t>(kMaxSegments * nr / 16));
-    PT_T(t_pack0);
     for (std::int64_t q = 0; q < panels; ++q) {
       const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
       const std::int32_t* pos = positions + p0 + q * nr;
@@ -282,7 +272,6 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
         kernels.pack(from, gk, offsets.data() + q * taps * nr, inside.data() + q * taps, static_cast<int>(nr),
                      dst_panel);
     };
-    PT_ACC(0, t_pack0);
 
     float* out = dst + n * s.out_channels * count + p0;
     const std::int64_t m_begin = split * split_rows;
@@ -297,30 +286,20 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
         const int kc = static_cast<int>(channels * taps);
         for (std::int64_t q = 0; q < panels; ++q) {
           const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
-          PT_T(t_p);
           pack_panel(q, c0, channels, packed.data());
-          PT_ACC(0, t_p);
-#ifdef PTUNE_DOUBLE
-          { PT_T(t_p2); pack_panel(q, c0, channels, packed.data()); PT_ACC(3, t_p2); }
-#endif
-          PT_T(t_g);
           for (std::int64_t m = m_begin; m < m_end; m += isa.mr) {
             const std::int64_t row = g * m_per_group + m;
             const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
             kernels.acc_tile(kc, weights.block(row) + k0 * mr, mr, packed.data(), cols_here,
                              bias ? bias + row : nullptr, kb > 0, out + row * count + q * nr, count);
           }
-          PT_ACC(1, t_g);
         }
       }
       return;
     }
     // One K block: pack the item's panels, then each row block of the weights over them.
-    PT_T(t_p);
     packed.resize(static_cast<std::size_t>(panels * k * nr));
     for (std::int64_t q = 0; q < panels; ++q) pack_panel(q, 0, cin_per_group, packed.data() + q * k * nr);
-    PT_ACC(0, t_p);
-    PT_T(t_g);
     for (std::int64_t m = m_begin; m < m_end; m += isa.mr) {
       const std::int64_t row = g * m_per_group + m;
       const int mr = static_cast<int>(std::min<std::int64_t>(isa.mr, m_end - m));
@@ -331,10 +310,8 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
                  bias ? bias + row : nullptr, out + row * count + q * nr, count);
       }
     }
-    PT_ACC(1, t_g);
   });
   if (identity) return;
-  PT_T(t_fill0);
 
   // Fill: every output position takes its kept neighbour's value.
   const std::int64_t rows = s.batch * s.out_channels;
@@ -348,7 +325,6 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
       kernels.fill(src, fill, plane_out, o);
     }
   });
-  PT_ACC(2, t_fill0);
 }
 
 }  // namespace onnxopt
