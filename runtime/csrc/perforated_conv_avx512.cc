@@ -121,6 +121,11 @@ bool perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int n
 void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
   const __m512i step = _mm512_set1_epi32(static_cast<int>(g.dilation_w));
   const std::int64_t nr = plan.stride / (g.kernel_h * g.kernel_w);
+  // The first channels' lines, all at once (their loads then overlap), then kPrefetchChannels ahead.
+  for (std::int64_t c = 0; c < kPrefetchChannels && c < g.channels; ++c) {
+    const float* plane = image + c * g.plane;
+    for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(plane + plan.line[j]), _MM_HINT_T0);
+  }
   for (std::int64_t c = 0; c < g.channels; ++c) {
     const float* plane = image + c * g.plane;
     if (c + kPrefetchChannels < g.channels) {
