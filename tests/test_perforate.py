@@ -130,6 +130,38 @@ def test_dense_mask_equals_conv():
     assert rel_err(y, conv2d_ref(x, w, b, pads=(1, 1, 1, 1))) < 1e-5
 
 
+# Masks dense enough for the row-window (permute) packing, on planes wide enough for several
+# windows per row, with K over one K block (Cin/group * k * k > 320) and Cout, P not multiples
+# of the 12 x 32 tile: borders, strides, dilations, groups, batch, grid and uniform masks, and
+# positions in an arbitrary order (gathers then).
+@needs_lib
+@pytest.mark.parametrize("k,stride,dilation,pads,group,strategy,rate,shuffle", [
+    (3, 1, 1, (1, 1, 1, 1), 1, "uniform", 0.5, False),
+    (3, 1, 1, (1, 1, 1, 1), 2, "grid", 0.25, False),
+    (3, 2, 1, (1, 0, 2, 1), 1, "uniform", 0.75, False),
+    (3, 1, 2, (2, 2, 2, 2), 2, "uniform", 0.5, False),
+    (5, 1, 1, (2, 1, 0, 2), 1, "grid", 0.5, False),
+    (3, 1, 1, (0, 0, 0, 0), 1, "uniform", 0.9, False),
+    (3, 1, 1, (1, 1, 1, 1), 1, "uniform", 0.5, True),
+])
+def test_row_window_packing_matches_reference(k, stride, dilation, pads, group, strategy, rate, shuffle):
+    rng = np.random.default_rng(3)
+    n, cin, cout, h, w = 2, 80, 2 * 29, 23, 37
+    ho, wo = out_size(h, pads[0] + pads[2], k, stride, dilation), out_size(w, pads[1] + pads[3], k, stride, dilation)
+    positions, fill = make_mask(strategy, ho, wo, rate, 0)
+    if shuffle:
+        order = rng.permutation(len(positions))
+        positions, fill = positions[order], np.argsort(order)[fill].astype(np.int32)
+    weight = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    model = perforated_conv_model(x.shape, weight, b, positions, fill, group, (stride, stride), pads,
+                                  (dilation, dilation))
+    ref = perforated_conv_ref(x, weight, b, positions, fill, group, (stride, stride), pads, (dilation, dilation))
+    assert rel_err(run(model, x, threads=1), ref) < 1e-5
+    np.testing.assert_array_equal(run(model, x, threads=1), run(model, x, threads=2))
+
+
 @needs_lib
 def test_threads_give_identical_results():
     model, x, _ = case_model((3, 64, 96, 28, 28, 3, 1, 1, (1, 1, 1, 1), 1, 0.4, True))

@@ -9,7 +9,8 @@
 namespace onnxopt {
 namespace {
 
-// The packed input block of one work item stays within this many bytes (half of a 1 MiB L2):
+// Without K-blocking (AVX2, portable): the packed input block of one work item stays within this
+// many bytes (half of a 1 MiB L2):
 // its panels are re-read once per row block of the weights.  But it holds at least kMinPanels
 // panels: each row block of the weights (mr x K, 110 KiB at K = 2304) is streamed from L3 once
 // per block, and with one panel per block that stream halves the tile's speed (measured: 118
@@ -21,6 +22,13 @@ constexpr std::int64_t kMinItems = 2;
 constexpr std::int64_t kMinRowsPerSplit = 64;
 // Output channels per work item of the fill pass.
 constexpr std::int64_t kFillRows = 16;
+// Most segments per 16-lane vector for the permute packing (else gathers).
+constexpr int kMaxSegments = 4;
+// K-blocked GEMM (AVX-512): K blocks of whole channels of about this many k, so that a packed
+// K block of one panel (kc x 32 floats, 36 KiB at kc = 288) stays in L1 while all row blocks of
+// the weights run over it, and a work item's position block of this many panels.
+constexpr std::int64_t kKBlock = 320;
+constexpr std::int64_t kBlockPanels = 4;
 
 std::int64_t round_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b * b; }
 std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
@@ -92,30 +100,46 @@ PerforatedKernels choose_kernels(const GemmIsa& isa) {
 #else
   (void)isa;
 #endif
-  return {&pack_generic, &fill_generic, nullptr};
+  return {&pack_generic, &fill_generic, nullptr, nullptr, nullptr};
 }
 
-// The chunks of a panel (see PackChunk), or 0 when the row-wise packing does not apply (stride
-// along the row other than 1, positions not increasing) or would take more chunks than
-// `max_chunks` (a sparse mask: gathers are cheaper there).
-int panel_chunks(const PerforatedConvShape& s, const std::int32_t* pos, int nc, int max_chunks, PackChunk* chunks) {
-  if (s.stride_w != 1) return 0;
+// The segments of a panel (see PermSegment), or 0 when some vector would need more than
+// `max_per_vector` of them (sparse or scattered positions: gathers are cheaper there).  A lane
+// joins a segment of its vector on the same output row whose window still holds all of its
+// taps (window index of tap (., 0) below 32 - (kernel_w - 1) * dilation_w).
+int panel_segments(const PerforatedConvShape& s, const std::int32_t* pos, int nc, int nr, int max_per_vector,
+                   PermSegment* segs) {
   const std::int64_t wo = s.out_width();
+  const std::int64_t span = 32 - (s.kernel_w - 1) * s.dilation_w;  // window indices of tap (., 0)
+  if (span <= 0) return 0;
   int count = 0;
-  for (int j = 0; j < nc; ++j) {
-    if (j > 0 && pos[j] <= pos[j - 1]) return 0;
-    const std::int64_t oy = pos[j] / wo, ox = pos[j] - oy * wo;
-    const std::int64_t iy = oy * s.stride_h - s.pad_top;
-    if (count > 0) {
-      PackChunk& last = chunks[count - 1];
-      const std::int64_t first_ox = last.ix + s.pad_left;
-      if (last.iy == iy && ox - first_ox < 16) {
-        last.keep |= 1u << (ox - first_ox);
-        continue;
+  for (int v = 0; v * 16 < nr; ++v) {
+    const int first = count;
+    std::int64_t oys[16], bases[16];
+    for (int l = 0; l < 16 && v * 16 + l < nc; ++l) {
+      const std::int64_t p = pos[v * 16 + l];
+      const std::int64_t oy = p / wo, ox = p - oy * wo;
+      int i = first;
+      for (; i < count; ++i) {
+        const std::int64_t at = (ox - bases[i - first]) * s.stride_w;
+        if (oys[i - first] == oy && at >= 0 && at < span) break;
       }
+      if (i == count) {
+        if (count - first == max_per_vector) return 0;
+        oys[i - first] = oy;
+        bases[i - first] = ox;
+        PermSegment& sg = segs[count++];
+        sg.iy = static_cast<std::int32_t>(oy * s.stride_h - s.pad_top);
+        sg.ix = static_cast<std::int32_t>(ox * s.stride_w - s.pad_left);
+        sg.lanes = 0;
+        sg.vector = static_cast<std::uint16_t>(v);
+        std::fill(sg.index, sg.index + 16, 0);
+      }
+      PermSegment& sg = segs[i];
+      const std::int64_t at = (ox - bases[i - first]) * s.stride_w;
+      sg.lanes = static_cast<std::uint16_t>(sg.lanes | (1u << l));
+      sg.index[l] = static_cast<std::int32_t>(at);
     }
-    if (count == max_chunks) return 0;
-    chunks[count++] = PackChunk{static_cast<std::int32_t>(iy), static_cast<std::int32_t>(ox - s.pad_left), 1u};
   }
   return count;
 }
@@ -168,8 +192,27 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     dst = compact.data();
   }
 
-  const std::int64_t max_cols = std::max<std::int64_t>(
-      kMinPanels * isa.nr, kPackedBudget / (static_cast<std::int64_t>(sizeof(float)) * std::max<std::int64_t>(k, 1)) / isa.nr * isa.nr);
+  static const PerforatedKernels kernels = choose_kernels(isa);
+  const std::int64_t plane_in = s.height * s.width;
+  const std::int64_t cin_per_group = s.in_channels / s.group;
+  const std::int64_t taps = s.kernel_h * s.kernel_w;
+  const PanelGeometry geometry{plane_in, cin_per_group, s.height, s.width,
+                               s.kernel_h, s.kernel_w, s.dilation_h, s.dilation_w};
+  const bool use_perm = kernels.perm_plan && isa.nr % 16 == 0;
+  const bool kblocked = kernels.acc_tile && isa.mr == 12 && isa.nr == 32;
+
+  // K blocks (whole channels) and position blocks.  Without K-blocking, a work item packs all
+  // of K for its panels first (within kPackedBudget, at least kMinPanels panels).
+  std::int64_t kb_channels = cin_per_group;
+  std::int64_t max_cols = kBlockPanels * isa.nr;
+  if (kblocked) {
+    kb_channels = div_up(cin_per_group, std::max<std::int64_t>(1, div_up(k, kKBlock)));
+  } else {
+    max_cols = std::max<std::int64_t>(
+        kMinPanels * isa.nr,
+        kPackedBudget / (static_cast<std::int64_t>(sizeof(float)) * std::max<std::int64_t>(k, 1)) / isa.nr * isa.nr);
+  }
+  const std::int64_t kblocks = div_up(cin_per_group, kb_channels);
   std::int64_t blocks = div_up(count, max_cols);
   const std::int64_t cols = round_up(div_up(count, blocks), isa.nr);
   blocks = div_up(count, cols);
@@ -179,16 +222,6 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
   const std::int64_t split_rows = round_up(div_up(m_per_group, splits), isa.mr);
   splits = div_up(m_per_group, split_rows);
 
-  static const PerforatedKernels kernels = choose_kernels(isa);
-  const std::int64_t plane_in = s.height * s.width;
-  const std::int64_t cin_per_group = s.in_channels / s.group;
-  const std::int64_t taps = s.kernel_h * s.kernel_w;
-  const PanelGeometry geometry{plane_in, cin_per_group, s.height, s.width,
-                               s.kernel_h, s.kernel_w, s.dilation_h, s.dilation_w};
-  // Row-wise packing pays off only for dense runs of kept positions (measured at 56x56, K = 2304:
-  // 2 chunks per panel 1.95 ms vs gathers 2.5 ms; 5 chunks per panel, a 25% lattice, 0.84 vs
-  // 0.58 ms): beyond nr / 16 + 1 chunks per panel the gathers (nr / 16 per tap) are used.
-  const int max_chunks = std::max(1, isa.nr / 16) + 1;
   parallel_for(static_cast<std::size_t>(base_items * splits), [&](std::size_t item) {
     std::int64_t rest = static_cast<std::int64_t>(item);
     const std::int64_t split = rest % splits;
@@ -200,42 +233,83 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     const std::int64_t p0 = b * cols;
     const std::int64_t nc = std::min(cols, count - p0);
     const std::int64_t panels = div_up(nc, isa.nr);
+    const std::int64_t nr = isa.nr;
 
-    thread_local std::vector<float> packed;
+    // How each panel is packed: a permute plan, else gather offsets (worked out once per item).
+    thread_local std::vector<PermPlan> plans;
+    thread_local std::vector<std::uint8_t> planned;
     thread_local std::vector<std::int32_t> offsets;
-    thread_local std::vector<PackChunk> chunks;
     thread_local std::vector<std::uint8_t> inside;
-    packed.resize(static_cast<std::size_t>(panels * k * isa.nr));
-    offsets.resize(static_cast<std::size_t>(taps * isa.nr));
-    chunks.resize(static_cast<std::size_t>(max_chunks));
-    inside.resize(static_cast<std::size_t>(taps));
-    const float* image = x + (n * s.in_channels + g * cin_per_group) * plane_in;
+    thread_local std::vector<PermSegment> segments;
+    thread_local std::vector<float> packed;
+    if (plans.size() < static_cast<std::size_t>(panels)) plans.resize(static_cast<std::size_t>(panels));
+    planned.assign(static_cast<std::size_t>(panels), 0);
+    offsets.resize(static_cast<std::size_t>(panels * taps * nr));
+    inside.resize(static_cast<std::size_t>(panels * taps));
+    segments.resize(static_cast<std::size_t>(kMaxSegments * nr / 16));
     for (std::int64_t q = 0; q < panels; ++q) {
-      const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
-      const std::int32_t* pos = positions + p0 + q * isa.nr;
-      float* dst_panel = packed.data() + q * k * isa.nr;
-      const int count = kernels.chunk_pack ? panel_chunks(s, pos, cols_here, max_chunks, chunks.data()) : 0;
-      if (count > 0) {
-        kernels.chunk_pack(image, geometry, chunks.data(), count, cols_here, isa.nr, dst_panel);
+      const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
+      const std::int32_t* pos = positions + p0 + q * nr;
+      const int nseg = use_perm ? panel_segments(s, pos, cols_here, static_cast<int>(nr), kMaxSegments,
+                                                 segments.data())
+                                : 0;
+      if (nseg > 0 && kernels.perm_plan(geometry, segments.data(), nseg, static_cast<int>(nr), &plans[q])) {
+        planned[q] = 1;
       } else {
-        panel_offsets(s, pos, cols_here, isa.nr, offsets.data(), inside.data());
-        kernels.pack(image, geometry, offsets.data(), inside.data(), isa.nr, dst_panel);
+        panel_offsets(s, pos, cols_here, static_cast<int>(nr), offsets.data() + q * taps * nr,
+                      inside.data() + q * taps);
       }
     }
+    const float* image = x + (n * s.in_channels + g * cin_per_group) * plane_in;
+    // Packs channels [c0, c0 + channels) of panel q into dst ([channels * taps][nr]).
+    auto pack_panel = [&](std::int64_t q, std::int64_t c0, std::int64_t channels, float* dst_panel) {
+      PanelGeometry gk = geometry;
+      gk.channels = channels;
+      const float* from = image + c0 * plane_in;
+      if (planned[q])
+        kernels.perm_pack(from, gk, plans[q], dst_panel);
+      else
+        kernels.pack(from, gk, offsets.data() + q * taps * nr, inside.data() + q * taps, static_cast<int>(nr),
+                     dst_panel);
+    };
 
     float* out = dst + n * s.out_channels * count + p0;
     // Rows go by the packed weights' row blocks (not all isa.mr high, see PackedWeights); a split
     // starts and ends on a block start.
     const std::int64_t m_begin = weights.snap(std::min(m_per_group, split * split_rows));
     const std::int64_t m_end = weights.snap(std::min(m_per_group, (split + 1) * split_rows));
+    if (kblocked) {
+      // Per K block and panel: pack (into L1), then every row block of the weights over it.
+      packed.resize(static_cast<std::size_t>(kb_channels * taps * nr));
+      for (std::int64_t kb = 0; kb < kblocks; ++kb) {
+        const std::int64_t c0 = kb * kb_channels;
+        const std::int64_t channels = std::min(kb_channels, cin_per_group - c0);
+        const std::int64_t k0 = c0 * taps;
+        const int kc = static_cast<int>(channels * taps);
+        for (std::int64_t q = 0; q < panels; ++q) {
+          const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
+          pack_panel(q, c0, channels, packed.data());
+          for (std::int64_t m = m_begin; m < m_end; m += weights.block_rows(m)) {
+            const std::int64_t row = g * m_per_group + m;
+            const int mr = static_cast<int>(weights.block_rows(m));
+            kernels.acc_tile(kc, weights.block(row) + k0 * mr, mr, packed.data(), cols_here,
+                             bias ? bias + row : nullptr, kb > 0, out + row * count + q * nr, count);
+          }
+        }
+      }
+      return;
+    }
+    // One K block: pack the item's panels, then each row block of the weights over them.
+    packed.resize(static_cast<std::size_t>(panels * k * nr));
+    for (std::int64_t q = 0; q < panels; ++q) pack_panel(q, 0, cin_per_group, packed.data() + q * k * nr);
     for (std::int64_t m = m_begin; m < m_end; m += weights.block_rows(m)) {
       const std::int64_t row = g * m_per_group + m;
       const int mr = static_cast<int>(weights.block_rows(m));
       const float* a = weights.block(row);
       for (std::int64_t q = 0; q < panels; ++q) {
-        const int cols_here = static_cast<int>(std::min<std::int64_t>(isa.nr, nc - q * isa.nr));
-        isa.tile(static_cast<int>(k), a, mr, packed.data() + q * k * isa.nr, cols_here,
-                 bias ? bias + row : nullptr, out + row * count + q * isa.nr, count);
+        const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
+        isa.tile(static_cast<int>(k), a, mr, packed.data() + q * k * nr, cols_here,
+                 bias ? bias + row : nullptr, out + row * count + q * nr, count);
       }
     }
   });

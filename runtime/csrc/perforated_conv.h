@@ -4,12 +4,14 @@
 //
 // Per work item (image, group, block of kept positions, share of the output channels) the kernel
 // gathers the im2row rows of just those positions straight into the micro-kernel's packed B
-// panels ([K][nr], K = Cin/group * kh * kw, k = (c * kh + ky) * kw + kx like W's layout), runs the
-// packed tiles of gemm.h against the packed weights into a compact [N, Cout, P] buffer, and a
-// second parallel pass scatters that buffer to [N, Cout, Ho, Wo] through `fill`.  No full-size
-// im2col buffer and no dense output are ever built.  The packing and the fill are memory-bound
-// loops with AVX-512 versions (perforated_conv_avx512.cc, chosen with the AVX-512 GEMM) and
-// portable ones.  onnxruntime-free, like address_conv.h.
+// panels ([K][nr], K = Cin/group * kh * kw, k = (c * kh + ky) * kw + kx like W's layout), runs
+// packed tiles against the packed weights into a compact [N, Cout, P] buffer, and a second
+// parallel pass scatters that buffer to [N, Cout, Ho, Wo] through `fill`.  No full-size im2col
+// buffer and no dense output are ever built.  With AVX-512 the GEMM is K-blocked (per K block of
+// a few dozen channels and per panel: pack into L1, then every row block of the weights over it,
+// accumulating into the compact buffer) and panels whose positions cluster on a few output rows
+// are packed from row windows with permutes (perforated_conv_kernels.h: PermSegment); other
+// panels, and other ISAs, gather.  onnxruntime-free, like address_conv.h.
 #pragma once
 
 #include <cstdint>

@@ -5,6 +5,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "perforated_conv_kernels.h"
 
 namespace onnxopt {
@@ -71,39 +73,86 @@ __mmask16 bits(std::int64_t from, std::int64_t to) {  // lanes [from, to) of 16,
   return static_cast<__mmask16>(((1u << to) - 1u) & ~((1u << from) - 1u));
 }
 
-// Per chunk and tap: one masked row load (zeros outside the image), compressed to the kept lanes
-// and stored after the values already written for this row.
-void chunk_pack(const float* image, const PanelGeometry& g, const PackChunk* chunks, int count, int nc, int nr,
-                float* dst) {
-  const __m512 zero = _mm512_setzero_ps();
+constexpr int kPrefetchChannels = 4;
+
+bool perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int nr, PermPlan* plan) {
+  if (count > kMaxPermSegments || g.kernel_h * count > kMaxPermOps) return false;
+  for (int i = 0; i < count; ++i) plan->segment[i] = segs[i];
+  int nops = 0;
+  for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
+    for (int i = 0; i < count; ++i) {
+      const PermSegment& sg = segs[i];
+      const std::int64_t y = sg.iy + ky * g.dilation_h;
+      const std::int64_t x = sg.ix;
+      const bool row = y >= 0 && y < g.height;
+      const __mmask16 lo = row ? bits(-x, g.width - x) : static_cast<__mmask16>(0);
+      const __mmask16 hi = row ? bits(-x - 16, g.width - x - 16) : static_cast<__mmask16>(0);
+      // A window outside the image loads nothing and stores the zero padding.
+      plan->op[nops++] = PermOp{static_cast<std::int32_t>(lo || hi ? y * g.width + x : 0),
+                                static_cast<std::int32_t>(ky * g.kernel_w * nr + 16 * sg.vector), sg.lanes, lo, hi,
+                                static_cast<std::uint16_t>(i)};
+    }
+  }
+  plan->ops = nops;
+  // The input lines (16-float units of the channel plane) the windows cover.
+  int nlines = 0;
+  for (int i = 0; i < nops; ++i) {
+    if (!plan->op[i].lo && !plan->op[i].hi) continue;
+    const std::int64_t first = plan->op[i].offset >> 4;
+    const std::int64_t last = (plan->op[i].offset + 31) >> 4;
+    for (std::int64_t line = first; line <= last && nlines < kMaxPermLines; ++line) {
+      bool seen = false;
+      for (int j = 0; j < nlines && !seen; ++j) seen = plan->line[j] == line * 16;
+      if (!seen) plan->line[nlines++] = line * 16;
+    }
+  }
+  plan->lines = nlines;
+  plan->stride = g.kernel_h * g.kernel_w * nr;
+  return true;
+}
+
+// Per channel, each op (a segment and a kernel row) is two masked loads of its 32-float window
+// and, per kernel column, a permute (the index moved by the dilation) and a masked store of the
+// segment's lanes: no data-dependent branches, and the window is loaded once for all kernel
+// columns (the loads, not the permutes, bound this loop).  Lanes that no segment fills (columns
+// >= nc of the last panel) keep whatever the buffer held: the tiles never store those columns.
+// The input lines the plan reads are prefetched kPrefetchChannels channel planes ahead (a
+// channel's few rows may come from L3, in a pattern the hardware prefetchers do not follow).
+void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
+  const __m512i step = _mm512_set1_epi32(static_cast<int>(g.dilation_w));
+  const std::int64_t nr = plan.stride / (g.kernel_h * g.kernel_w);
+  // The first channels' lines, all at once (their loads then overlap), then kPrefetchChannels ahead.
+  for (std::int64_t c = 0; c < kPrefetchChannels && c < g.channels; ++c) {
+    const float* plane = image + c * g.plane;
+    for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(plane + plan.line[j]), _MM_HINT_T0);
+  }
   for (std::int64_t c = 0; c < g.channels; ++c) {
     const float* plane = image + c * g.plane;
-    for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
+    if (c + kPrefetchChannels < g.channels) {
+      const float* ahead = plane + kPrefetchChannels * g.plane;
+      for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + plan.line[j]), _MM_HINT_T0);
+    }
+    for (int i = 0; i < plan.ops; ++i) {
+      const PermOp& op = plan.op[i];
+      const float* src = plane + op.offset;
+      const __m512 lo = _mm512_maskz_loadu_ps(op.lo, src);
+      const __m512 hi = _mm512_maskz_loadu_ps(op.hi, src + 16);
+      __m512i idx = _mm512_loadu_si512(plan.segment[op.segment].index);
+      float* out = dst + op.dst;
       for (std::int64_t kx = 0; kx < g.kernel_w; ++kx) {
-        float* out = dst;
-        for (int i = 0; i < count; ++i) {
-          const PackChunk& ch = chunks[i];
-          const __mmask16 keep = static_cast<__mmask16>(ch.keep);
-          const int kept = __builtin_popcount(ch.keep);
-          const std::int64_t y = ch.iy + ky * g.dilation_h;
-          __m512 v = zero;
-          if (y >= 0 && y < g.height) {
-            const std::int64_t x = ch.ix + kx * g.dilation_w;
-            const __mmask16 load = static_cast<__mmask16>(keep & bits(-x, g.width - x));
-            if (load) v = _mm512_maskz_loadu_ps(load, plane + y * g.width + x);
-          }
-          _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << kept) - 1u), _mm512_maskz_compress_ps(keep, v));
-          out += kept;
-        }
-        for (int j = nc; j < nr; ++j) dst[j] = 0.0f;
-        dst += nr;
+        _mm512_mask_storeu_ps(out, op.lanes, _mm512_permutex2var_ps(lo, idx, hi));
+        idx = _mm512_add_epi32(idx, step);
+        out += nr;
       }
     }
+    dst += plan.stride;
   }
 }
 
 }  // namespace
 
-PerforatedKernels perforated_kernels_avx512() { return {&pack, &fill, &chunk_pack}; }
+PerforatedKernels perforated_kernels_avx512() {
+  return {&pack, &fill, &perm_plan, &perm_pack, perforated_acc_tile_avx512()};
+}
 
 }  // namespace onnxopt

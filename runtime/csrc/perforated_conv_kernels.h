@@ -1,23 +1,15 @@
-// The two memory-bound inner loops of PerforatedConv, per ISA (the AVX-512 versions live in
-// perforated_conv_avx512.cc, compiled with -mavx512f and only called after the CPU check that
-// chose the AVX-512 GEMM, see gemm.cc).
+// The per-ISA inner loops of PerforatedConv: packing, fill and the K-block tiles (the AVX-512
+// versions live in perforated_conv_avx512.cc and perforated_tiles_avx512.cc, compiled with
+// -mavx512f and only called after the CPU check that chose the AVX-512 GEMM, see gemm.cc).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace onnxopt {
 
 // dst[q] = src[fill[q]] for q < count; may read up to 15 floats past the largest src[fill[q]].
 using PerforatedFillFn = void (*)(const float* src, const std::int32_t* fill, std::int64_t count, float* dst);
-
-// 16 consecutive output columns of one output row, some of them kept: the input position tap
-// (0, 0) reads for the first of them (row iy, column ix; stride 1 along the row) and the bit
-// mask of the kept ones.  A panel of kept positions that are increasing is a list of chunks.
-struct PackChunk {
-  std::int32_t iy;
-  std::int32_t ix;
-  std::uint32_t keep;
-};
 
 struct PanelGeometry {
   std::int64_t plane, channels, height, width, kernel_h, kernel_w, dilation_h, dilation_w;
@@ -29,18 +21,61 @@ struct PanelGeometry {
 using PerforatedPackFn = void (*)(const float* image, const PanelGeometry& g, const std::int32_t* offsets,
                                   const std::uint8_t* inside, int nr, float* dst);
 
-// Packs one panel from its chunks (row-wise loads compressed to the kept columns, no gathers);
-// columns [nc, nr) of every row are zeroed.
-using PerforatedChunkPackFn = void (*)(const float* image, const PanelGeometry& g, const PackChunk* chunks,
-                                       int count, int nc, int nr, float* dst);
+// A group of lanes of one 16-lane vector of a panel whose values, for every tap, lie in one
+// window of 32 consecutive floats of one input row: kernel row ky reads the window at row
+// iy + ky * dilation_h from column ix on, and for kernel column kx lane l takes
+// window[index[l] + kx * dilation_w] (so index + (kernel_w - 1) * dilation_w < 32).  A panel of
+// kept positions that cluster on a few output rows is a short list of these: per channel and
+// kernel row two loads per segment, then a permute per tap, no gathers.
+struct PermSegment {
+  std::int32_t iy, ix;
+  std::uint16_t lanes;   // lanes of the vector this segment fills
+  std::uint16_t vector;  // which 16-lane vector of the panel
+  std::int32_t index[16];
+};
+
+// A panel's segments worked out for every tap (rows inside the image, column masks at the
+// image's edges where a masked load gives the zero padding) and the input lines they read,
+// once per panel; then every K block of channels is packed from it.
+constexpr int kMaxPermSegments = 16;
+constexpr int kMaxPermOps = 256;
+constexpr int kMaxPermLines = 64;
+struct PermOp {  // one segment and kernel row
+  std::int32_t offset;  // window start in the channel plane
+  std::int32_t dst;     // from the channel's first packed row: (ky * kernel_w) * nr + 16 * vector
+  std::uint16_t lanes, lo, hi;  // lanes stored; load masks of the window's two halves
+  std::uint16_t segment;
+};
+struct PermPlan {
+  int ops = 0, lines = 0;
+  std::int64_t stride = 0;  // packed floats per channel (taps x nr)
+  PermOp op[kMaxPermOps];   // one per kernel row and segment
+  std::int64_t line[kMaxPermLines];  // float offsets of the input lines read, from the channel plane
+  PermSegment segment[kMaxPermSegments];
+};
+
+// Builds `plan` for one panel of nr columns; false when it would take more than the limits above.
+using PerforatedPermPlanFn = bool (*)(const PanelGeometry& g, const PermSegment* segs, int count, int nr,
+                                      PermPlan* plan);
+// Packs g.channels channel planes (from `image`) of one panel: dst[c][tap][nr].
+using PerforatedPermPackFn = void (*)(const float* image, const PanelGeometry& g, const PermPlan& plan,
+                                      float* dst);
+
+// One K block of a tile of the GEMM: c[r * ldc + j] (j < nc <= 32, r < mr <= 12) =
+// (load ? c[r * ldc + j] : bias ? bias[r] : 0) + sum_k a[k * mr + r] * b[k * 32 + j].
+using PerforatedAccTileFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
+                                     bool load, float* c, std::ptrdiff_t ldc);
 
 struct PerforatedKernels {
   PerforatedPackFn pack;
   PerforatedFillFn fill;
-  PerforatedChunkPackFn chunk_pack;  // null where the ISA has no compress instruction
+  PerforatedPermPlanFn perm_plan;  // null where the ISA has no two-table permute
+  PerforatedPermPackFn perm_pack;
+  PerforatedAccTileFn acc_tile;    // 12 x 32 K-block tiles; null: one K block with GemmIsa::tile
 };
 
 // Valid only where the CPU has AVX-512F; nr must be a multiple of 16.
 PerforatedKernels perforated_kernels_avx512();
+PerforatedAccTileFn perforated_acc_tile_avx512();
 
 }  // namespace onnxopt
