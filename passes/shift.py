@@ -92,7 +92,7 @@ import onnx_graphsurgeon as gs
 from onnxopt import ir
 from onnxopt.cost import mac_rule
 from onnxopt.passmanager import PassContext, PassResult, register
-from onnxopt.runtime import ops
+from onnxopt.runtime import library_path, ops
 from onnxopt.runtime.functions import MIN_OPSET
 
 log = logging.getLogger(__name__)
@@ -376,7 +376,9 @@ class ShiftPass:
         self.result = PassResult(self.name)
         self.opset = _default_opset(ctx.model)
         self.address_permutations = bool(ctx.option("address_permutations", False))
-        self.address_chains = bool(ctx.option("address_chains", True))
+        # Custom ops only pay where their kernels run: by default only when this install has the library.
+        self.custom_ops = bool(ctx.option("custom_ops", library_path() is not None))
+        self.address_chains = self.custom_ops and bool(ctx.option("address_chains", True))
         self.counts = {"address_convs": 0, "shifts_folded": 0, "permutations_to_gather": 0,
                        "weights_permuted": 0, "depthwise_commuted": 0, "residuals_fused": 0, "activations_fused": 0,
                        "chained_convs": 0}
@@ -601,6 +603,9 @@ class ShiftPass:
         elif self.opset is not None and self.opset < MIN_OPSET:
             raise Decline(f"the model's opset {self.opset} is below {MIN_OPSET}, which {ops.ADDRESS_CONV}'s "
                           "ONNX-function fallback needs")
+        elif not self.custom_ops:
+            raise Decline(f"onnxopt's custom-op library is not installed: an {ops.ADDRESS_CONV} would run as its "
+                          "slower ONNX function (option shift.custom_ops=true makes it anyway)")
         else:
             self._address_conv(conv, view, w, b, group, strides)
             self.counts["address_convs"] += 1

@@ -82,7 +82,11 @@ class Builder:
 
 
 def optimise(model: onnx.ModelProto, **options):
-    """Apply the shift pass (apply verifies on onnxruntime), then compare once more here."""
+    """Apply the shift pass (apply verifies on onnxruntime), then compare once more here.
+
+    Custom ops are forced on, so the fallback runs exercise the ONNX functions (by default the pass
+    makes none without the library, see test_no_custom_ops_without_the_library)."""
+    options.setdefault("custom_ops", True)
     result, report = onnxopt.apply(model, passes=["shift"], rtol=RTOL, options={"shift": options})
     assert report.verification.ok
     inp = model.graph.input[0]
@@ -311,7 +315,7 @@ def test_spatial_roll_is_left_alone():
 def test_address_conv_macs_are_counted():
     b = Builder(9)
     model = b.model(b.conv(b.shift("x", 9), 9, 5))
-    _, report = onnxopt.apply(model, passes=["shift"])
+    _, report = onnxopt.apply(model, passes=["shift"], options={"shift": {"custom_ops": True}})
     assert report.after.macs == 9 * 5 * 7 * 6 and report.after.unknown_macs == 0
 
 
@@ -452,3 +456,13 @@ def test_batch_mixing_reshape_transpose_is_not_a_shuffle():
     assert shuffle_permutation(nodes[2]) is None
     x.shape = [1, 4, 5, 5]  # with a fixed batch of 1 it really is a channel permutation
     assert shuffle_permutation(nodes[2]) is not None
+
+
+def test_no_custom_ops_without_the_library(monkeypatch):
+    monkeypatch.setenv("ONNXOPT_OPS_LIBRARY", "/nonexistent")
+    b = Builder(9)
+    model = b.model(b.conv(b.shift("x", 9), 9, 5))
+    out, report = onnxopt.apply(model, passes=["shift"])
+    res = report.passes[0]
+    assert not any(n.domain == ops.DOMAIN for n in out.graph.node)
+    assert any("custom-op library is not installed" in reason for _, reason in res.declined)
