@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "address_conv.h"
+#include "op_attrs.h"
 #include "op_names.h"
 
 namespace onnxopt {
@@ -22,7 +23,7 @@ class AddressConvKernel {
 
   const OrtApi& api_;
   const GemmIsa& isa_;
-  std::int64_t group_ = 1, stride_h_ = 1, stride_w_ = 1;
+  AddressConvAttrs attrs_;
   float clip_min_ = -std::numeric_limits<float>::infinity(), clip_max_ = std::numeric_limits<float>::infinity();
   std::vector<std::int64_t> constant_w_dims_;
   PackedWeights packed_;
@@ -32,16 +33,12 @@ class AddressConvKernel {
 // address [Cin, 3] int32, optional residual [N, Cout, Ho, Wo] float.  Attributes group, strides,
 // clip_min (default -inf), clip_max (default +inf).  Output [N, Cout, Ho, Wo] = ceil(H/sh), ceil(W/sw):
 // Y = min(max(conv + B + residual, clip_min), clip_max).
-struct AddressConvOp : Ort::CustomOpBase<AddressConvOp, AddressConvKernel, true> {
+struct AddressConvOp : FloatOutputOp<AddressConvOp, AddressConvKernel> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const;
   std::size_t GetInputTypeCount() const { return 5; }
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
-  std::size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  int start_ver_ = kOpVersion;
-  int end_ver_ = kOpVersion;
 };
 
 }  // namespace onnxopt

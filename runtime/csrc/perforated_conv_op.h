@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "op_attrs.h"
 #include "op_names.h"
 #include "perforated_conv.h"
 
@@ -21,8 +22,7 @@ class PerforatedConvKernel {
 
   const OrtApi& api_;
   const GemmIsa& isa_;
-  std::int64_t group_ = 1;
-  std::vector<std::int64_t> kernel_shape_, strides_, pads_, dilations_;
+  PerforatedConvAttrs attrs_;
   std::vector<std::int64_t> constant_w_dims_;
   PackedWeights packed_;
 };
@@ -30,16 +30,12 @@ class PerforatedConvKernel {
 // Inputs: X [N, Cin, H, W] float, W [Cout, Cin/group, kh, kw] float, optional B [Cout] float,
 // positions [P] int32, fill [Ho*Wo] int32.  Attributes as Conv (kernel_shape, strides, pads,
 // dilations, group; auto_pad only NOTSET/VALID).  Output: [N, Cout, Ho, Wo] float.
-struct PerforatedConvOp : Ort::CustomOpBase<PerforatedConvOp, PerforatedConvKernel, true> {
+struct PerforatedConvOp : FloatOutputOp<PerforatedConvOp, PerforatedConvKernel> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const;
   std::size_t GetInputTypeCount() const { return 5; }
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
-  std::size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  int start_ver_ = kOpVersion;
-  int end_ver_ = kOpVersion;
 };
 
 }  // namespace onnxopt

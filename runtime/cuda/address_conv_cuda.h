@@ -1,8 +1,8 @@
 // AddressConv for onnxruntime's CUDA execution provider: gather the displaced, strided input
 // channels into [N, Cin, Ho*Wo] scratch (address_conv_impl.cu), then one cuBLAS strided-batched
-// SGEMM per group (or per image) onto the bias.  Same inputs, attributes and checks as the CPU
-// op (csrc/address_conv_op.h); `address` is taken in host memory (validated there, copied to the
-// device once when it is an initializer).
+// SGEMM per group (or per image) onto the bias.  Same inputs, attributes and checks as the CPU op
+// (csrc/address_conv_op.h; the checks of both are in csrc/op_attrs.h); `address` is taken in host
+// memory (validated there, copied to the device once when it is an initializer).
 #pragma once
 
 #include <cstdint>
@@ -22,12 +22,12 @@ class AddressConvCudaKernel {
   void Compute(OrtKernelContext* context);
 
   const OrtApi& api_;
-  std::int64_t group_ = 1, stride_h_ = 1, stride_w_ = 1;
+  AddressConvAttrs attrs_;
   DeviceTable address_;
   CublasHandles cublas_;
 };
 
-struct AddressConvCudaOp : Ort::CustomOpBase<AddressConvCudaOp, AddressConvCudaKernel, true> {
+struct AddressConvCudaOp : FloatOutputOp<AddressConvCudaOp, AddressConvCudaKernel> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kAddressConv; }
   const char* GetExecutionProviderType() const { return kCudaProvider; }
@@ -35,10 +35,6 @@ struct AddressConvCudaOp : Ort::CustomOpBase<AddressConvCudaOp, AddressConvCudaK
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
   OrtMemType GetInputMemoryType(std::size_t index) const;
-  std::size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  int start_ver_ = kOpVersion;
-  int end_ver_ = kOpVersion;
 };
 
 }  // namespace onnxopt::cuda

@@ -1,4 +1,5 @@
-// onnxruntime-side helpers of the CUDA host wrappers: attributes, messages, error mapping.
+// onnxruntime-side helpers of the CUDA host wrappers: constant inputs, error mapping (attribute
+// reading and the checks shared with the CPU ops are in csrc/op_attrs.h).
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -11,51 +12,11 @@
 #include <vector>
 
 #include "cuda_common.h"
+#include "op_attrs.h"
 
 namespace onnxopt::cuda {
 
 inline constexpr const char* kCudaProvider = "CUDAExecutionProvider";
-
-inline std::string dims_str(const std::vector<std::int64_t>& d) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-  return s + "]";
-}
-
-// `fallback` when the attribute is absent.
-inline std::int64_t int_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, std::int64_t fallback) {
-  std::int64_t v = fallback;
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v)) {
-    api.ReleaseStatus(st);
-    return fallback;
-  }
-  return v;
-}
-
-// Empty when the attribute is absent.
-inline std::vector<std::int64_t> ints_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
-  std::size_t size = 0;
-  if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) {
-    api.ReleaseStatus(st);
-    return {};
-  }
-  std::vector<std::int64_t> v(size);
-  if (size) Ort::ThrowOnError(api.KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
-  return v;
-}
-
-// Empty when the attribute is absent.
-inline std::string string_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
-  std::size_t size = 0;
-  if (OrtStatus* st = api.KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
-    api.ReleaseStatus(st);
-    return {};
-  }
-  std::string v(size, '\0');
-  Ort::ThrowOnError(api.KernelInfoGetAttribute_string(info, name, v.data(), &size));
-  v.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
-  return v;
-}
 
 // The values of input `index` when it is a constant initializer held in host memory, else empty.
 inline std::vector<std::int32_t> constant_int32_input(const OrtApi& api, const OrtKernelInfo* info,

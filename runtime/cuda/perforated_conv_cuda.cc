@@ -8,12 +8,12 @@
 namespace onnxopt::cuda {
 namespace {
 
-constexpr std::size_t kX = 0, kW = 1, kB = 2, kPositions = 3, kFill = 4;
+using namespace perforated_conv_in;
 
 [[noreturn]] void fail(const std::string& what) { bad_input(what); }
 
-bool all_positive(const std::vector<std::int64_t>& v) {
-  return std::all_of(v.begin(), v.end(), [](std::int64_t x) { return x >= 1; });
+void fail_if(const std::string& error) {
+  if (!error.empty()) fail(error);
 }
 
 }  // namespace
@@ -33,26 +33,7 @@ std::string validate_perforation_mask(const std::int32_t* positions, std::int64_
 }
 
 PerforatedConvCudaKernel::PerforatedConvCudaKernel(const OrtApi& api, const OrtKernelInfo* info) : api_(api) {
-  group_ = int_attr(api, info, "group", 1);
-  kernel_shape_ = ints_attr(api, info, "kernel_shape");
-  strides_ = ints_attr(api, info, "strides");
-  pads_ = ints_attr(api, info, "pads");
-  dilations_ = ints_attr(api, info, "dilations");
-  if (strides_.empty()) strides_ = {1, 1};
-  if (dilations_.empty()) dilations_ = {1, 1};
-  if (pads_.empty()) pads_ = {0, 0, 0, 0};
-  const std::string auto_pad = string_attr(api, info, "auto_pad");
-  if (!auto_pad.empty() && auto_pad != "NOTSET" && auto_pad != "VALID")
-    fail("auto_pad " + auto_pad + " is not supported; give explicit pads");
-  if (group_ < 1) fail("attribute group must be >= 1, got " + std::to_string(group_));
-  if (strides_.size() != 2 || !all_positive(strides_))
-    fail("attribute strides must be two positive integers, got " + dims_str(strides_));
-  if (dilations_.size() != 2 || !all_positive(dilations_))
-    fail("attribute dilations must be two positive integers, got " + dims_str(dilations_));
-  if (pads_.size() != 4 || pads_[0] < 0 || pads_[1] < 0 || pads_[2] < 0 || pads_[3] < 0)
-    fail("attribute pads must be four non-negative integers, got " + dims_str(pads_));
-  if (!kernel_shape_.empty() && (kernel_shape_.size() != 2 || !all_positive(kernel_shape_)))
-    fail("attribute kernel_shape must be two positive integers, got " + dims_str(kernel_shape_));
+  fail_if(read_perforated_conv_attrs(api, info, attrs_));
   const std::vector<std::int32_t> positions = constant_int32_input(api, info, kPositions);
   if (!positions.empty()) positions_.set_constant(positions.data(), positions.size());
   const std::vector<std::int32_t> fill = constant_int32_input(api, info, kFill);
@@ -61,57 +42,30 @@ PerforatedConvCudaKernel::PerforatedConvCudaKernel(const OrtApi& api, const OrtK
 
 void PerforatedConvCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
-  const Ort::ConstValue x = ctx.GetInput(kX);
-  const Ort::ConstValue w = ctx.GetInput(kW);
-  const Ort::ConstValue b = ctx.GetInput(kB);
-  const Ort::ConstValue pos = ctx.GetInput(kPositions);
-  const Ort::ConstValue fill = ctx.GetInput(kFill);
-  if (!x || !w || !pos || !fill) fail("inputs X, W, positions and fill are required");
-
-  const std::vector<std::int64_t> xd = x.GetTensorTypeAndShapeInfo().GetShape();
-  const std::vector<std::int64_t> wd = w.GetTensorTypeAndShapeInfo().GetShape();
-  const auto pinfo = pos.GetTensorTypeAndShapeInfo();
-  const auto finfo = fill.GetTensorTypeAndShapeInfo();
-  if (xd.size() != 4) fail("X must be 4-D [N, C, H, W], got " + dims_str(xd));
-  if (wd.size() != 4) fail("W must be 4-D [Cout, Cin/group, kh, kw], got " + dims_str(wd));
-  if (pinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ||
-      finfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
-    fail("positions and fill must be int32");
-  const std::vector<std::int64_t> pd = pinfo.GetShape(), fd = finfo.GetShape();
-  if (pd.size() != 1) fail("positions must be 1-D [P], got " + dims_str(pd));
-  if (fd.size() != 1) fail("fill must be 1-D [Ho*Wo], got " + dims_str(fd));
+  PerforatedConvInputs in;
+  fail_if(read_perforated_conv_inputs(ctx, attrs_, in));
+  const std::vector<std::int64_t>& xd = in.xd;
+  const std::vector<std::int64_t>& wd = in.wd;
+  const std::vector<std::int64_t>& pd = in.pd;
+  const std::vector<std::int64_t>& fd = in.fd;
+  const float* bias = in.bias;
 
   const std::int64_t batch = xd[0], cin = xd[1], height = xd[2], width = xd[3];
   const std::int64_t cout = wd[0], kh = wd[2], kw = wd[3];
-  if (!kernel_shape_.empty() && (kernel_shape_[0] != kh || kernel_shape_[1] != kw))
-    fail("kernel_shape " + dims_str(kernel_shape_) + " does not match W " + dims_str(wd));
-  if (cin % group_ != 0 || wd[1] != cin / group_)
-    fail("W " + dims_str(wd) + " does not fit X " + dims_str(xd) + " with group " + std::to_string(group_) +
-         " (need W[1] = Cin/group)");
-  if (cout % group_ != 0)
-    fail("Cout = " + std::to_string(cout) + " is not divisible by group = " + std::to_string(group_));
-  const float* bias = nullptr;
-  if (b) {
-    const std::vector<std::int64_t> bd = b.GetTensorTypeAndShapeInfo().GetShape();
-    if (bd.size() != 1 || bd[0] != cout)
-      fail("B must have shape [Cout] = [" + std::to_string(cout) + "], got " + dims_str(bd));
-    bias = b.GetTensorData<float>();
-  }
-  const std::int64_t ho = (height + pads_[0] + pads_[2] - dilations_[0] * (kh - 1) - 1) / strides_[0] + 1;
-  const std::int64_t wo = (width + pads_[1] + pads_[3] - dilations_[1] * (kw - 1) - 1) / strides_[1] + 1;
-  if (height + pads_[0] + pads_[2] < dilations_[0] * (kh - 1) + 1 ||
-      width + pads_[1] + pads_[3] < dilations_[1] * (kw - 1) + 1 || ho < 1 || wo < 1)
-    fail("X " + dims_str(xd) + " is smaller than the (dilated) kernel: no output positions");
+  const std::vector<std::int64_t>& strides = attrs_.strides;
+  const std::vector<std::int64_t>& pads = attrs_.pads;
+  const std::vector<std::int64_t>& dilations = attrs_.dilations;
+  const std::int64_t ho = (height + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) / strides[0] + 1;
+  const std::int64_t wo = (width + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) / strides[1] + 1;
+  if (height + pads[0] + pads[2] < dilations[0] * (kh - 1) + 1 ||
+      width + pads[1] + pads[3] < dilations[1] * (kw - 1) + 1 || ho < 1 || wo < 1)
+    fail(no_output_positions(xd));
   const std::int64_t plane = ho * wo, kept = pd[0];
-  if (fd[0] != plane)
-    fail("the mask was made for " + std::to_string(fd[0]) + " output positions (fill has that many entries) "
-         "but X " + dims_str(xd) + " gives " + std::to_string(ho) + " x " + std::to_string(wo) + " = " +
-         std::to_string(plane) + "; perforate the model for this input size");
+  if (fd[0] != plane) fail(mask_size_mismatch(fd[0], xd, ho, wo));
   if (cin > 65535 || cout > 65535) fail("the CUDA kernel supports at most 65535 input and output channels");
-  const std::int32_t* p = pos.GetTensorData<std::int32_t>();  // host memory (GetInputMemoryType)
-  const std::int32_t* f = fill.GetTensorData<std::int32_t>();
-  const std::string bad = validate_perforation_mask(p, kept, f, plane);
-  if (!bad.empty()) fail(bad);
+  const std::int32_t* p = in.positions.GetTensorData<std::int32_t>();  // host memory (GetInputMemoryType)
+  const std::int32_t* f = in.fill.GetTensorData<std::int32_t>();
+  fail_if(validate_perforation_mask(p, kept, f, plane));
 
   Ort::UnownedValue y = ctx.GetOutput(0, std::vector<std::int64_t>{batch, cout, ho, wo});
   float* out = y.GetTensorMutableData<float>();
@@ -130,7 +84,7 @@ void PerforatedConvCudaKernel::Compute(OrtKernelContext* context) {
   const std::int32_t* fills = fill_.upload(f, std::size_t(plane), stream, scratch);
   float* cols = scratch.take<float>(cols_per_image * chunk);
   float* kept_out = scratch.take<float>(kept_per_image * chunk);
-  const float* weights = w.GetTensorData<float>();
+  const float* weights = in.w.GetTensorData<float>();
 
   auto lock = cublas_.lock();
   cublasHandle_t handle = cublas_.bind(stream, device);
@@ -143,21 +97,21 @@ void PerforatedConvCudaKernel::Compute(OrtKernelContext* context) {
     g.width = width;
     g.kernel_h = kh;
     g.kernel_w = kw;
-    g.stride_h = strides_[0];
-    g.stride_w = strides_[1];
-    g.dilation_h = dilations_[0];
-    g.dilation_w = dilations_[1];
-    g.pad_top = pads_[0];
-    g.pad_left = pads_[1];
+    g.stride_h = strides[0];
+    g.stride_w = strides[1];
+    g.dilation_h = dilations[0];
+    g.dilation_w = dilations[1];
+    g.pad_top = pads[0];
+    g.pad_left = pads[1];
     g.out_width = wo;
     g.kept = kept;
-    check(perforated_conv_gather(stream, g, x.GetTensorData<float>() + n0 * cin * height * width, positions, cols),
+    check(perforated_conv_gather(stream, g, in.x.GetTensorData<float>() + n0 * cin * height * width, positions, cols),
           "perforated_conv_gather launch");
     GroupedGemm gemm;
     gemm.batch = count;
-    gemm.group = group_;
-    gemm.m = cout / group_;
-    gemm.k = k_rows / group_;
+    gemm.group = attrs_.group;
+    gemm.m = cout / attrs_.group;
+    gemm.k = k_rows / attrs_.group;
     gemm.n = kept;
     gemm.b_image_stride = k_rows * kept;
     gemm.c_image_stride = cout * kept;

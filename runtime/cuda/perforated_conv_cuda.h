@@ -1,10 +1,11 @@
 // PerforatedConv for onnxruntime's CUDA execution provider: im2row of the kept output positions
 // only into [N, Cin*kh*kw, P] scratch, one cuBLAS strided-batched SGEMM per group (or per image)
-// into [N, Cout, P] scratch, then the fill kernel writes every output position from its kept
-// one, adding the bias (perforated_conv_impl.cu).  Inputs and attributes as the CPU op:
-// X, W [Cout, Cin/group, kh, kw], optional B, positions int32 [P], fill int32 [Ho*Wo]; Conv's
-// kernel_shape, strides, pads, dilations, group (auto_pad NOTSET or VALID).  positions and fill
-// are taken in host memory (checked there, copied to the device once when they are initializers).
+// into [N, Cout, P] scratch, then the fill kernel writes every output position from its kept one,
+// adding the bias (perforated_conv_impl.cu).  Inputs and attributes as the CPU op: X, W [Cout,
+// Cin/group, kh, kw], optional B, positions int32 [P], fill int32 [Ho*Wo]; Conv's kernel_shape,
+// strides, pads, dilations, group (auto_pad NOTSET or VALID), checked as there (csrc/op_attrs.h).
+// positions and fill are taken in host memory (checked there, copied to the device once when they
+// are initializers).
 #pragma once
 
 #include <cstdint>
@@ -25,13 +26,12 @@ class PerforatedConvCudaKernel {
   void Compute(OrtKernelContext* context);
 
   const OrtApi& api_;
-  std::int64_t group_ = 1;
-  std::vector<std::int64_t> kernel_shape_, strides_, pads_, dilations_;
+  PerforatedConvAttrs attrs_;
   DeviceTable positions_, fill_;
   CublasHandles cublas_;
 };
 
-struct PerforatedConvCudaOp : Ort::CustomOpBase<PerforatedConvCudaOp, PerforatedConvCudaKernel, true> {
+struct PerforatedConvCudaOp : FloatOutputOp<PerforatedConvCudaOp, PerforatedConvCudaKernel> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kPerforatedConv; }
   const char* GetExecutionProviderType() const { return kCudaProvider; }
@@ -39,10 +39,6 @@ struct PerforatedConvCudaOp : Ort::CustomOpBase<PerforatedConvCudaOp, Perforated
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
   OrtMemType GetInputMemoryType(std::size_t index) const;
-  std::size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  int start_ver_ = kOpVersion;
-  int end_ver_ = kOpVersion;
 };
 
 // Empty when positions [P] (P >= 1, each in [0, plane)) and fill [plane] (each in [0, P)) are a
