@@ -155,8 +155,116 @@ def perforated_conv_function(opset: int) -> onnx.FunctionProto:
     return f
 
 
+# --- the blocked layout (runtime/csrc/blocked_conv.h): [N, ceil(C/16), H + 2, W + 2, 16], zero border ---
+
+def _to_blocked_nodes(x: str, out: str, p: str) -> list[onnx.NodeProto]:
+    """Nodes computing blocked ``out`` from NCHW ``x``: pad the channels to a multiple of 16 and H, W
+    by one on each side (zeros), split the channels into blocks of 16 and move each block's 16 last.
+    Internal names start with ``p``."""
+    n = helper.make_node
+    return [
+        _const(p + "c1", [1]), _const(p + "c2", [2]), _const(p + "c4", [4]), _const(p + "c0", [0]),
+        _const(p + "b16", [16]), _const(p + "head", [0, 0, 1, 1]), _const(p + "one", [1]), _const(p + "m16", [-1, 16]),
+        n("Shape", [x], [p + "s"]),
+        n("Slice", [p + "s", p + "c1", p + "c2"], [p + "C"]),
+        n("Mod", [p + "C", p + "b16"], [p + "r"]), n("Sub", [p + "b16", p + "r"], [p + "r2"]),
+        n("Mod", [p + "r2", p + "b16"], [p + "cpad"]),
+        n("Concat", [p + "head", p + "c0", p + "cpad", p + "one", p + "one"], [p + "pads"], axis=0),
+        n("Pad", [x, p + "pads"], [p + "xp"]),
+        n("Shape", [p + "xp"], [p + "ps"]),
+        n("Slice", [p + "ps", p + "c0", p + "c1"], [p + "N"]),
+        n("Slice", [p + "ps", p + "c2", p + "c4"], [p + "HW"]),
+        n("Concat", [p + "N", p + "m16", p + "HW"], [p + "shape5"], axis=0),
+        n("Reshape", [p + "xp", p + "shape5"], [p + "x5"]),
+        n("Transpose", [p + "x5"], [out], perm=[0, 1, 3, 4, 2]),
+    ]
+
+
+def _from_blocked_nodes(xb: str, channels: str, out: str, p: str) -> list[onnx.NodeProto]:
+    """Nodes computing NCHW ``out`` from blocked ``xb``, keeping the first ``channels`` (a 1-D int64
+    tensor of one value) channels and dropping the border."""
+    n = helper.make_node
+    return [
+        _const(p + "c0", [0]), _const(p + "c1", [1]), _const(p + "c2", [2]), _const(p + "c4", [4]),
+        _const(p + "m1", [-1]), _const(p + "starts", [0, 1, 1]), _const(p + "tail", [-1, -1]),
+        _const(p + "axes", [1, 2, 3]),
+        n("Transpose", [xb], [p + "t"], perm=[0, 1, 4, 2, 3]),
+        n("Shape", [xb], [p + "s"]),
+        n("Slice", [p + "s", p + "c0", p + "c1"], [p + "N"]),
+        n("Slice", [p + "s", p + "c2", p + "c4"], [p + "HW"]),
+        n("Concat", [p + "N", p + "m1", p + "HW"], [p + "shape4"], axis=0),
+        n("Reshape", [p + "t", p + "shape4"], [p + "x4"]),
+        n("Concat", [channels, p + "tail"], [p + "ends"], axis=0),
+        n("Slice", [p + "x4", p + "starts", p + "ends", p + "axes"], [out]),
+    ]
+
+
+def _check_opset(op: str, opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ValueError(f"{op} fallback needs opset >= {MIN_OPSET}, model has {opset}")
+
+
+def to_blocked_function(opset: int) -> onnx.FunctionProto:
+    """ToBlocked: X [N, C, H, W] -> [N, ceil(C/16), H + 2, W + 2, 16] (Pad, Reshape, Transpose)."""
+    _check_opset(ops.TO_BLOCKED, opset)
+    f = helper.make_function(ops.DOMAIN, ops.TO_BLOCKED, inputs=["X"], outputs=["Y"],
+                             nodes=_to_blocked_nodes("X", "Y", "tb_"),
+                             opset_imports=[helper.make_opsetid("", opset)], attributes=[])
+    f.doc_string = f"{ops.TO_BLOCKED} from standard ops: Pad (channels to a multiple of 16, H and W by 1), Reshape, Transpose."
+    return f
+
+
+def from_blocked_function(opset: int) -> onnx.FunctionProto:
+    """FromBlocked: Xb [N, ceil(C/16), H + 2, W + 2, 16] -> [N, C, H, W], C = attribute ``channels``."""
+    _check_opset(ops.FROM_BLOCKED, opset)
+    n = helper.make_node
+    count = n("Constant", [], ["fb_count"])
+    count.attribute.append(onnx.AttributeProto(name="value_int", ref_attr_name="channels",
+                                               type=onnx.AttributeProto.INT))
+    nodes = [count, _const("fb_shape1", [1]), n("Reshape", ["fb_count", "fb_shape1"], ["fb_C"])]
+    nodes += _from_blocked_nodes("X", "fb_C", "Y", "fb_")
+    f = helper.make_function(ops.DOMAIN, ops.FROM_BLOCKED, inputs=["X"], outputs=["Y"], nodes=nodes,
+                             opset_imports=[helper.make_opsetid("", opset)], attributes=["channels"])
+    f.doc_string = f"{ops.FROM_BLOCKED} from standard ops: Transpose, Reshape, Slice (the channels and the border)."
+    return f
+
+
+def blocked_address_conv_function(opset: int, residual: bool = False) -> onnx.FunctionProto:
+    """BlockedAddressConv: back to NCHW (every stored channel of X; the residual's first Cout), the
+    AddressConv body, then blocked again (which writes the zero border and padding channels)."""
+    _check_opset(ops.BLOCKED_ADDRESS_CONV, opset)
+    n = helper.make_node
+    nodes = [_const("bc_c1", [1]), _const("bc_c2", [2]), _const("bc_16", [16]),
+             n("Shape", ["Xb"], ["bc_s"]), n("Slice", ["bc_s", "bc_c1", "bc_c2"], ["bc_cb"]),
+             n("Mul", ["bc_cb", "bc_16"], ["bc_C"])]
+    nodes += _from_blocked_nodes("Xb", "bc_C", "X", "bx_")
+    if residual:
+        nodes += [_const("bw_c0", [0]), _const("bw_c1", [1]), n("Shape", ["W"], ["bw_ws"]),
+                  n("Slice", ["bw_ws", "bw_c0", "bw_c1"], ["bw_cout"])]
+        nodes += _from_blocked_nodes("residual_b", "bw_cout", "residual", "br_")
+    body = list(address_conv_function(opset, residual).node)
+    assert list(body[-1].output) == ["Y"], "the AddressConv body ends in its output"
+    body[-1].output[0] = "Yn"
+    nodes += body
+    nodes += _to_blocked_nodes("Yn", "Y", "by_")
+    f = helper.make_function(
+        ops.DOMAIN, ops.BLOCKED_ADDRESS_CONV,
+        inputs=["Xb", "W", "B", "address"] + (["residual_b"] if residual else []), outputs=["Y"], nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)], attributes=[])
+    f.attribute_proto.extend([helper.make_attribute("group", 1), helper.make_attribute("strides", [1, 1]),
+                              helper.make_attribute("clip_min", float("-inf")),
+                              helper.make_attribute("clip_max", float("inf"))])
+    if residual:
+        f.overload = RESIDUAL_OVERLOAD
+    f.doc_string = (f"{ops.BLOCKED_ADDRESS_CONV} from standard ops: the blocked input (and residual) back to "
+                    f"NCHW, the {ops.ADDRESS_CONV} body, the result blocked again.")
+    return f
+
+
 #: Builders of each custom op's fallback function, keyed by op type.
-FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function, ops.PERFORATED_CONV: perforated_conv_function}
+FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function, ops.PERFORATED_CONV: perforated_conv_function,
+                     ops.TO_BLOCKED: to_blocked_function, ops.FROM_BLOCKED: from_blocked_function,
+                     ops.BLOCKED_ADDRESS_CONV: blocked_address_conv_function}
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -168,7 +276,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def _overload(node: onnx.NodeProto) -> str:
     """The function overload a custom-op node needs: AddressConv with a residual input has its own."""
-    if node.op_type == ops.ADDRESS_CONV and len(node.input) > 4 and node.input[4]:
+    if node.op_type in (ops.ADDRESS_CONV, ops.BLOCKED_ADDRESS_CONV) and len(node.input) > 4 and node.input[4]:
         return RESIDUAL_OVERLOAD
     return ""
 

@@ -8,6 +8,10 @@ DOMAIN = "ai.onnxopt"
 OP_VERSION = 1
 ADDRESS_CONV = "AddressConv"
 PERFORATED_CONV = "PerforatedConv"
+#: The blocked layout of AddressConv chains (runtime/csrc/blocked_conv.h): NCHW16c with a zero border of 1.
+TO_BLOCKED = "ToBlocked"
+FROM_BLOCKED = "FromBlocked"
+BLOCKED_ADDRESS_CONV = "BlockedAddressConv"
 
 #: The ops the native library registers.
-NATIVE_OPS = (ADDRESS_CONV, PERFORATED_CONV)
+NATIVE_OPS = (ADDRESS_CONV, PERFORATED_CONV, TO_BLOCKED, FROM_BLOCKED, BLOCKED_ADDRESS_CONV)

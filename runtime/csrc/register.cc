@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "address_conv_op.h"
+#include "blocked_ops.h"
 #include "gemm.h"
 #include "op_names.h"
 #include "perforated_conv_op.h"
@@ -24,6 +25,21 @@ onnxopt::AddressConvOp& address_conv_op() {
 
 onnxopt::PerforatedConvOp& perforated_conv_op() {
   static onnxopt::PerforatedConvOp op;
+  return op;
+}
+
+onnxopt::ToBlockedOp& to_blocked_op() {
+  static onnxopt::ToBlockedOp op;
+  return op;
+}
+
+onnxopt::FromBlockedOp& from_blocked_op() {
+  static onnxopt::FromBlockedOp op;
+  return op;
+}
+
+onnxopt::BlockedAddressConvOp& blocked_address_conv_op() {
+  static onnxopt::BlockedAddressConvOp op;
   return op;
 }
 
@@ -57,6 +73,9 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   if (OrtStatus* st = api->CreateCustomOpDomain(onnxopt::kDomain, &domain)) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &perforated_conv_op())) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &to_blocked_op())) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &from_blocked_op())) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_address_conv_op())) return st;
 #ifdef ONNXOPT_WITH_CUDA
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_cuda_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &perforated_conv_cuda_op())) return st;
@@ -71,12 +90,14 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   return nullptr;
 }
 
-// "domain=ai.onnxopt;version=1;ops=AddressConv,PerforatedConv;gemm=avx512f;cuda=off" (ops: the CPU
+// "domain=ai.onnxopt;version=1;ops=AddressConv,PerforatedConv,ToBlocked,...;gemm=avx512f;cuda=off" (ops: the CPU
 // kernels; cuda=on: the library also has the CUDA kernels of AddressConv and PerforatedConv)
 ONNXOPT_EXPORT const char* onnxopt_ops_info() {
   static const std::string info = std::string("domain=") + onnxopt::kDomain +
                                   ";version=" + std::to_string(onnxopt::kOpVersion) +
-                                  ";ops=" + onnxopt::kAddressConv + "," + onnxopt::kPerforatedConv +
+                                  ";ops=" + onnxopt::kAddressConv + "," + onnxopt::kPerforatedConv + "," +
+                                  onnxopt::kToBlocked + "," + onnxopt::kFromBlocked + "," +
+                                  onnxopt::kBlockedAddressConv +
                                   ";gemm=" + onnxopt::gemm_isa().name + ";cuda=" + kCudaInfo;
   return info.c_str();
 }

@@ -1,0 +1,116 @@
+// AVX-512F inner loops of the blocked AddressConv layout (see blocked_conv.h).
+// No std:: templates in this file: an out-of-line copy compiled with -mavx512f could be picked by
+// the linker for code that runs on CPUs without AVX-512.
+// gcc 12's own intrinsic headers trip -W(maybe-)uninitialized (their _mm*_undefined_* helpers).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "blocked_conv.h"
+
+namespace onnxopt {
+namespace {
+
+// R positions x F blocks of 16 output channels in 24 or fewer accumulators.  Per input channel:
+// F weight vectors, R broadcasts of the displaced input (one load each, the border makes every
+// read valid), R * F FMAs.  Fully unrolled so that gcc keeps the accumulators in registers (with
+// plain loops it spilled them to the stack at the start of every tile: 5-10 % slower).
+template <int R, int F>
+void tile(const BlockedTile& t) {
+  __m512 acc[R][F];
+#pragma GCC unroll 4
+  for (int f = 0; f < F; ++f) {
+    const __m512 b = _mm512_loadu_ps(t.bias + 16 * f);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) acc[r][f] = b;
+  }
+  const float* w = t.w;
+  const std::int64_t ws = t.w_stride;
+  const std::int64_t ps = t.pos_stride;
+#pragma GCC unroll 2
+  for (int k = 0; k < t.k; ++k) {
+    const float* p = t.in + t.offset[k];
+    __m512 wv[F];
+#pragma GCC unroll 4
+    for (int f = 0; f < F; ++f) wv[f] = _mm512_loadu_ps(w + f * ws + 16 * k);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512 v = _mm512_set1_ps(p[r * ps]);
+#pragma GCC unroll 4
+      for (int f = 0; f < F; ++f) acc[r][f] = _mm512_fmadd_ps(v, wv[f], acc[r][f]);
+    }
+  }
+  if (t.residual) {
+#pragma GCC unroll 4
+    for (int f = 0; f < F; ++f) {
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r)
+        acc[r][f] = _mm512_add_ps(acc[r][f], _mm512_loadu_ps(t.residual + f * t.out_stride + 16 * r));
+    }
+  }
+  const __m512 lo = _mm512_set1_ps(t.lo), hi = _mm512_set1_ps(t.hi);
+#pragma GCC unroll 4
+  for (int f = 0; f < F; ++f) {
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      // max then min, as in the NCHW kernels: a NaN sum stays NaN (the operands' order matters).
+      acc[r][f] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[r][f]));
+    }
+  }
+  if (t.last_lanes != 0xFFFF) {
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) acc[r][F - 1] = _mm512_maskz_mov_ps(t.last_lanes, acc[r][F - 1]);
+  }
+#pragma GCC unroll 4
+  for (int f = 0; f < F; ++f) {
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(t.out + f * t.out_stride + 16 * r, acc[r][f]);
+  }
+}
+
+const BlockedTileFn kTiles[kBlockedMaxF][12] = {
+    {&tile<1, 1>, &tile<2, 1>, &tile<3, 1>, &tile<4, 1>, &tile<5, 1>, &tile<6, 1>, &tile<7, 1>, &tile<8, 1>,
+     &tile<9, 1>, &tile<10, 1>, &tile<11, 1>, &tile<12, 1>},
+    {&tile<1, 2>, &tile<2, 2>, &tile<3, 2>, &tile<4, 2>, &tile<5, 2>, &tile<6, 2>, &tile<7, 2>, &tile<8, 2>,
+     &tile<9, 2>, &tile<10, 2>, &tile<11, 2>, &tile<12, 2>},
+    {&tile<1, 3>, &tile<2, 3>, &tile<3, 3>, &tile<4, 3>, &tile<5, 3>, &tile<6, 3>, &tile<7, 3>, &tile<8, 3>,
+     nullptr, nullptr, nullptr, nullptr},
+    {&tile<1, 4>, &tile<2, 4>, &tile<3, 4>, &tile<4, 4>, &tile<5, 4>, &tile<6, 4>, nullptr, nullptr, nullptr,
+     nullptr, nullptr, nullptr},
+};
+
+}  // namespace
+
+BlockedTileFn blocked_tile_avx512(int r, int f) { return kTiles[f - 1][r - 1]; }
+
+// One input row of one channel block: 16 positions at a time, each output vector the 16 channels
+// of one position, gathered from the channel rows (a plane apart); missing channels read as 0.
+void to_blocked_row_avx512(const float* x, std::int64_t plane, std::int64_t channels, std::int64_t width,
+                           float* y) {
+  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i index = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(plane)));
+  const __mmask16 valid = static_cast<__mmask16>((1u << channels) - 1u);
+  for (std::int64_t j = 0; j < width; ++j)
+    _mm512_storeu_ps(y + 16 * j, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, index, x + j, 4));
+}
+
+// The reverse: per real channel, 16 positions at a time gathered from their 16-float cells.
+void from_blocked_row_avx512(const float* x, std::int64_t plane, std::int64_t channels, std::int64_t width,
+                             float* y) {
+  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i index = _mm512_slli_epi32(lanes, 4);
+  for (std::int64_t c = 0; c < channels; ++c) {
+    float* row = y + c * plane;
+    std::int64_t j = 0;
+    for (; j + 16 <= width; j += 16)
+      _mm512_storeu_ps(row + j, _mm512_i32gather_ps(index, x + 16 * j + c, 4));
+    if (j < width) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (width - j)) - 1u);
+      _mm512_mask_storeu_ps(row + j, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, index, x + 16 * j + c, 4));
+    }
+  }
+}
+
+}  // namespace onnxopt

@@ -1,0 +1,95 @@
+// The blocked layout of AddressConv chains, and the kernels that work in it.
+//
+// Layout "NCHW16c, border 1": a tensor of C channels and H x W positions is stored as
+// [N, ceil(C/16), H + 2, W + 2, 16]; element (n, c, y, x) lives at [n][c / 16][y + 1][x + 1][c % 16].
+// The one-position border and the channels past C are zero, always (every writer keeps them so).
+//
+// Why: AddressConv in NCHW vectorises over positions and broadcasts weights, so its B rows are
+// whole planes apart (4 KiB at 32x32: one L1 set for all of them) and a displaced read straddles
+// cache lines.  Here the roles swap: a tile holds R output positions x F blocks of 16 output
+// channels, and per input channel k it broadcasts R input values, each read at its own displaced
+// position (src block, y + dy, x + dx, src lane): the zero border makes every displacement in
+// [-1, 1] a plain load, with no masks and no packing, and a chain of these convs never leaves the
+// layout (ToBlocked at its entry, FromBlocked at its exits, see runtime/ops.py).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "address_conv.h"  // ParallelFor
+#include "gemm.h"
+
+namespace onnxopt {
+
+constexpr std::int64_t kBlock = 16;
+inline std::int64_t blocks_of(std::int64_t channels) { return (channels + kBlock - 1) / kBlock; }
+
+// x [N, C, H, W] -> y [N, ceil(C/16), H + 2, W + 2, 16] and back.
+void to_blocked(const float* x, std::int64_t batch, std::int64_t channels, std::int64_t height, std::int64_t width,
+                float* y, const GemmIsa& isa, const ParallelFor& parallel_for);
+void from_blocked(const float* x, std::int64_t batch, std::int64_t channels, std::int64_t height, std::int64_t width,
+                  float* y, const GemmIsa& isa, const ParallelFor& parallel_for);
+
+// W [Cout, K] as ceil(Cout/16) blocks of [K][16], output channels past Cout zero.
+class BlockedWeights {
+ public:
+  BlockedWeights() = default;
+  BlockedWeights(const float* w, std::int64_t out_channels, std::int64_t k);
+  bool empty() const { return data_.empty(); }
+  const float* block(std::int64_t b) const { return data_.data() + b * k_ * kBlock; }
+  std::int64_t stride() const { return k_ * kBlock; }
+
+ private:
+  std::vector<float> data_;
+  std::int64_t k_ = 0;
+};
+
+struct BlockedConvShape {
+  std::int64_t batch = 0, src_blocks = 0, height = 0, width = 0;  // of X (unpadded H, W)
+  std::int64_t out_channels = 0, k = 0;                          // W [Cout, K, 1, 1]
+  std::int64_t stride_h = 1, stride_w = 1;
+  std::int64_t out_height() const { return (height + stride_h - 1) / stride_h; }
+  std::int64_t out_width() const { return (width + stride_w - 1) / stride_w; }
+};
+
+// Empty when every row (src, dy, dx) of the [k, 3] table reads a channel of the src_blocks * 16
+// stored ones at a displacement within the border (|dy|, |dx| <= 1), else what is wrong.
+std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t k, std::int64_t src_blocks);
+
+// y = min(max(AddressConv(x) + bias + residual, clip_min), clip_max), all blocked; bias_padded
+// holds ceil(Cout/16) * 16 values (zeros past Cout), residual (y's layout) may be null.  Writes
+// y's border and padding channels as zeros.
+void blocked_address_conv(const BlockedConvShape& shape, const float* x, const BlockedWeights& weights,
+                          const float* bias_padded, const std::int32_t* address, const float* residual,
+                          float clip_min, float clip_max, float* y, const GemmIsa& isa,
+                          const ParallelFor& parallel_for);
+
+// ---- per-ISA inner loops (blocked_avx512.cc) ----
+
+// One tile: R output positions x F channel blocks.  See blocked_tile_avx512().
+struct BlockedTile {
+  int k;
+  const std::int64_t* offset;  // per input channel: its read's offset (floats) from `in`
+  const float* in;             // the tile's first output position, mapped into X
+  std::int64_t pos_stride;     // floats between consecutive positions' reads (16 * stride_w)
+  const float* w;              // F blocks of [k][16], w_stride apart
+  std::int64_t w_stride;
+  const float* bias;           // F * 16
+  const float* residual;       // like out, or null
+  float* out;                  // the tile's first output position, block 0
+  std::int64_t out_stride;     // floats between output channel blocks
+  float lo, hi;
+  std::uint16_t last_lanes;    // lanes of block F - 1 that are real channels
+};
+using BlockedTileFn = void (*)(const BlockedTile& t);
+constexpr int kBlockedMaxF = 4;
+// The most positions per tile for F blocks (24 accumulators, at most 12 positions).
+constexpr int blocked_max_r(int f) { return f == 1 || f == 2 ? 12 : 24 / f; }
+// Valid only where the CPU has AVX-512F; 1 <= f <= 4, 1 <= r <= blocked_max_r(f).
+BlockedTileFn blocked_tile_avx512(int r, int f);
+void to_blocked_row_avx512(const float* x, std::int64_t plane, std::int64_t channels, std::int64_t width, float* y);
+void from_blocked_row_avx512(const float* x, std::int64_t plane, std::int64_t channels, std::int64_t width,
+                             float* y);
+
+}  // namespace onnxopt

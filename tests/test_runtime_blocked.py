@@ -1,0 +1,160 @@
+"""The blocked layout (ToBlocked, BlockedAddressConv, FromBlocked): the native kernels against the
+numpy reference and the ONNX-function fallbacks, and the layout's invariants (zero border and
+padding channels) on the raw blocked tensors."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxopt.ir import fit_ir_version
+from onnxopt.runtime import library_path, ops, session
+from onnxopt.runtime.functions import add_functions
+from onnxopt.runtime.reference import address_conv_ref
+
+LIB = library_path()
+needs_lib = pytest.mark.skipif(LIB is None, reason="native library not built (onnxopt.runtime.library_path() is None)")
+
+
+def blocked(x: np.ndarray) -> np.ndarray:
+    """numpy ToBlocked: [N, C, H, W] -> [N, ceil(C/16), H + 2, W + 2, 16], zero border and padding."""
+    n, c, h, w = x.shape
+    cb = -(-c // 16)
+    xp = np.zeros((n, cb * 16, h + 2, w + 2), x.dtype)
+    xp[:, :c, 1:-1, 1:-1] = x
+    return xp.reshape(n, cb, 16, h + 2, w + 2).transpose(0, 1, 3, 4, 2)
+
+
+def chain_model(x_shape, weight, bias, address, strides=(1, 1), residual=False, clip=None, raw=False):
+    """X -> ToBlocked -> BlockedAddressConv (-> FromBlocked unless raw) with W, B, address initializers;
+    R (NCHW, the output's shape) -> ToBlocked -> the residual when ``residual``."""
+    n, c, h, w = x_shape
+    cout = len(weight)
+    ho, wo = -(-h // strides[0]), -(-w // strides[1])
+    inits = [onnx.numpy_helper.from_array(weight, "W"), onnx.numpy_helper.from_array(address, "address")]
+    inputs = ["Xb", "W", "", "address"]
+    if bias is not None:
+        inits.append(onnx.numpy_helper.from_array(bias, "B"))
+        inputs[2] = "B"
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))]
+    nodes = [helper.make_node(ops.TO_BLOCKED, ["X"], ["Xb"], domain=ops.DOMAIN)]
+    if residual:
+        graph_inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, [n, cout, ho, wo]))
+        nodes.append(helper.make_node(ops.TO_BLOCKED, ["R"], ["Rb"], domain=ops.DOMAIN))
+        inputs.append("Rb")
+    attrs = {"strides": list(strides)}
+    if clip is not None:
+        attrs.update(clip_min=float(clip[0]), clip_max=float(clip[1]))
+    nodes.append(helper.make_node(ops.BLOCKED_ADDRESS_CONV, inputs, ["Yb" if not raw else "Y"], domain=ops.DOMAIN,
+                                  **attrs))
+    if not raw:
+        nodes.append(helper.make_node(ops.FROM_BLOCKED, ["Yb"], ["Y"], domain=ops.DOMAIN, channels=cout))
+    graph = helper.make_graph(nodes, "blocked", graph_inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.ir_version = 10
+    return add_functions(model)
+
+
+def run(model, feeds, custom_ops=True, threads=1):
+    return session(fit_ir_version(model), custom_ops=custom_ops, threads=threads).run(None, feeds)[0]
+
+
+def case(rng, n, csrc, cin, cout, h, w, bias=True):
+    address = np.stack([rng.integers(0, csrc, cin), rng.integers(-1, 2, cin), rng.integers(-1, 2, cin)],
+                       axis=1).astype(np.int32)
+    weight = rng.standard_normal((cout, cin, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    return rng.standard_normal((n, csrc, h, w)).astype(np.float32), weight, b, address
+
+
+# (N, Csrc, Cin, Cout, H, W, stride): channel counts on and off multiples of 16 (padding lanes),
+# rows of 1..33 positions (every tile width and tail), strides 1..3, H != W, batch > 1.
+CASES = [
+    (1, 32, 96, 32, 8, 8, 1), (2, 16, 16, 16, 5, 7, 1), (1, 20, 24, 40, 9, 13, 1), (1, 96, 96, 32, 32, 32, 1),
+    (3, 7, 5, 3, 4, 6, 2), (1, 48, 48, 100, 6, 33, 1), (1, 64, 64, 192, 7, 7, 1), (2, 24, 40, 17, 11, 10, 2),
+    (1, 3, 3, 1, 1, 1, 1), (1, 40, 40, 64, 12, 12, 3), (1, 130, 64, 70, 3, 17, 1), (1, 16, 16, 80, 2, 25, 2),
+]
+
+
+def test_function_fallback_matches_the_reference():
+    rng = np.random.default_rng(0)
+    for n, csrc, cin, cout, h, w, s in CASES[:6]:
+        x, weight, b, address = case(rng, n, csrc, cin, cout, h, w)
+        ref = address_conv_ref(x, weight, b, address, strides=(s, s))
+        got = run(chain_model(x.shape, weight, b, address, (s, s)), {"X": x}, custom_ops=False)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", CASES)
+def test_native_matches_reference_and_fallback(shape):
+    n, csrc, cin, cout, h, w, s = shape
+    rng = np.random.default_rng(sum(shape))
+    x, weight, b, address = case(rng, n, csrc, cin, cout, h, w, bias=cout % 2 == 0)
+    r = rng.standard_normal((n, cout, -(-h // s), -(-w // s))).astype(np.float32)
+    for residual, clip in ((False, None), (True, (0.0, 6.0)), (True, (-0.5, np.inf))):
+        feeds = {"X": x, "R": r} if residual else {"X": x}
+        model = chain_model(x.shape, weight, b, address, (s, s), residual, clip)
+        ref = address_conv_ref(x, weight, b, address, strides=(s, s), residual=r if residual else None,
+                               clip_min=clip[0] if clip else -np.inf, clip_max=clip[1] if clip else np.inf)
+        native = run(model, feeds)
+        np.testing.assert_allclose(native, ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(native, run(model, feeds, custom_ops=False), rtol=1e-4, atol=1e-4)
+        # the same sums whatever the thread count
+        np.testing.assert_array_equal(native, run(model, feeds, threads=2))
+
+
+@needs_lib
+def test_raw_blocked_output_keeps_border_and_padding_zero():
+    rng = np.random.default_rng(3)
+    x, weight, b, address = case(rng, 2, 20, 20, 21, 6, 9)
+    # clip_min > 0 would turn a computed padding channel into clip_min: the kernel must mask it
+    model = chain_model(x.shape, weight, b, address, residual=False, clip=(0.5, 6.0), raw=True)
+    yb = run(model, {"X": x})
+    assert yb.shape == (2, 2, 8, 11, 16)
+    ref = address_conv_ref(x, weight, b, address, clip_min=0.5, clip_max=6.0).astype(np.float32)
+    np.testing.assert_allclose(yb, blocked(ref), rtol=1e-4, atol=1e-4)
+    assert not yb[:, 1, :, :, 5:].any(), "padding channels must be zero"
+    assert not yb[:, :, 0].any() and not yb[:, :, -1].any() and not yb[:, :, :, 0].any() and not yb[:, :, :, -1].any()
+    np.testing.assert_allclose(run(model, {"X": x}, custom_ops=False), yb, rtol=1e-4, atol=1e-4)
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 17, 3, 5), (1, 32, 20, 1), (1, 5, 1, 40)])
+def test_to_and_from_blocked_round_trip(shape):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    to = helper.make_node(ops.TO_BLOCKED, ["X"], ["Y"], domain=ops.DOMAIN)
+    graph = helper.make_graph([to], "to", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.ir_version = 10
+    add_functions(model)
+    xb = run(model, {"X": x})
+    np.testing.assert_array_equal(xb, blocked(x))
+    np.testing.assert_array_equal(run(model, {"X": x}, custom_ops=False), xb)
+    back = helper.make_node(ops.FROM_BLOCKED, ["X"], ["Y"], domain=ops.DOMAIN, channels=shape[1])
+    graph = helper.make_graph([back], "from", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(xb.shape))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.ir_version = 10
+    add_functions(model)
+    np.testing.assert_array_equal(run(model, {"X": xb}), x)
+    np.testing.assert_array_equal(run(model, {"X": xb}, custom_ops=False), x)
+
+
+@needs_lib
+@pytest.mark.parametrize("address, message", [
+    ([[0, 2, 0]], "displacements in [-1, 1]"),
+    ([[16, 0, 0]], "not a channel of X"),
+])
+def test_bad_address_tables_fail_with_a_message(address, message):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 4, 4)).astype(np.float32)
+    model = chain_model(x.shape, np.ones((4, 1, 1, 1), np.float32), None, np.array(address, np.int32))
+    with pytest.raises(Exception, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run(model, {"X": x})
