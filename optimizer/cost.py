@@ -128,9 +128,16 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Shape] | 
             value = given[i] if given is not None and i < len(given) else (d.dim_value if d.HasField("dim_value") else 1)
             d.Clear()
             d.dim_value = int(value)
+    annotated = list(m.graph.value_info)
     del m.graph.value_info[:]
     m = infer_shapes(m)
     shapes: dict[str, list[int]] = {}
+    # where inference stops (e.g. after a custom op whose function it cannot see through), the
+    # graph's own static annotations (passes write them for the tensors they create)
+    for vi in annotated:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and tt.shape.dim and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = [d.dim_value for d in tt.shape.dim]
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         tt = vi.type.tensor_type
         if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):

@@ -421,8 +421,49 @@ def test_shiftnet(runtime, options):
     counts = op_counts(out)
     assert res.details["address_convs"] == 3 and res.details["shifts_folded"] == 3 and not res.declined
     assert res.details["residuals_fused"] == 3 and res.details["chained_convs"] == 5  # 3 expand, 2 shortcut
-    # every 1x1 conv of the blocks is an AddressConv; only the stem's 3x3 Conv and its Relu remain
-    assert counts[ops.ADDRESS_CONV] == 8 and counts["Conv"] == 1 and counts["Add"] == 0 and counts["Relu"] == 1
+    # every 1x1 conv of the blocks is an AddressConv, all in the blocked layout (one conversion in,
+    # one out); only the stem's 3x3 Conv and its Relu remain
+    assert counts[ops.BLOCKED_ADDRESS_CONV] == 8 and counts[ops.TO_BLOCKED] == 1 and counts[ops.FROM_BLOCKED] == 1
+    assert counts["Conv"] == 1 and counts["Add"] == 0 and counts["Relu"] == 1 and ops.ADDRESS_CONV not in counts
+    assert res.details["blocked_convs"] == 8 and res.details["layout_conversions"] == 2
+    out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32), blocked=False)
+    counts = op_counts(out)
+    assert counts[ops.ADDRESS_CONV] == 8 and counts["Conv"] == 1 and ops.BLOCKED_ADDRESS_CONV not in counts
+
+
+@pytest.mark.slow
+def test_shiftnet_blocked_layout_edges(runtime):
+    """A tensor inside the blocked set that something else also reads leaves through FromBlocked; a
+    set too small for its conversions stays in NCHW; a CUDA target gets no blocked ops."""
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.models import shiftnet
+    from onnxopt.runtime.targets import BUILTIN
+
+    model = export(shiftnet(width=16, blocks=(2, 1, 1)), 16)
+    g = gs.import_onnx(model)
+    inner = next(n for n in g.nodes if n.name == "/layer1/layer1.1/conv1/Conv").inputs[0]  # a block's output
+    tap = gs.Variable("tap", np.float32)
+    g.nodes.append(gs.Node("Relu", inputs=[inner], outputs=[tap]))
+    g.outputs.append(tap)
+    out, res = optimise(gs.export_onnx(g))
+    counts = op_counts(out)
+    assert counts[ops.FROM_BLOCKED] == 2 and counts[ops.TO_BLOCKED] == 1 and res.details["layout_conversions"] == 3
+    assert {o.name for o in out.graph.output} == {o.name for o in model.graph.output} | {"tap"}
+
+    b = Builder(9)
+    y = b.conv(b.conv(b.shift("x", 9), 9, 5), 5, 4)  # two AddressConvs: below MIN_NODES
+    out, res = optimise(b.model(y))
+    assert ops.BLOCKED_ADDRESS_CONV not in op_counts(out) and res.details["blocked_convs"] == 0
+
+    # the blocked ops have CPU kernels only: a CUDA target keeps the NCHW AddressConvs
+    from onnxopt.passes.shift import ShiftPass
+    from onnxopt.passmanager import PassContext
+
+    graph = gs.import_onnx(model)
+    res = ShiftPass().run(graph, PassContext(options={"custom_ops": True}, target=BUILTIN["cuda"], model=model))
+    assert res.details["blocked_convs"] == 0 and res.details["address_convs"] == 4
+    assert not [n for n in graph.nodes if n.op == ops.BLOCKED_ADDRESS_CONV]
 
 
 @pytest.mark.slow

@@ -85,15 +85,45 @@ const BlockedTileFn kTiles[kBlockedMaxF][12] = {
 
 BlockedTileFn blocked_tile_avx512(int r, int f) { return kTiles[f - 1][r - 1]; }
 
-// One input row of one channel block: 16 positions at a time, each output vector the 16 channels
-// of one position, gathered from the channel rows (a plane apart); missing channels read as 0.
+// r[i] (i < 16) := the 16 x 16 transpose of r (lane j of r[i] becomes lane i of r[j]).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  // u[4g + m] holds, per 128-bit lane q, rows 4g..4g+3 at column 4q + m
+  for (int m = 0; m < 4; ++m) {
+    const __m512 a = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), b = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd);
+    const __m512 c = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88), d = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
+    r[m] = _mm512_shuffle_f32x4(a, c, 0x88);       // column m
+    r[8 + m] = _mm512_shuffle_f32x4(a, c, 0xdd);   // column 8 + m
+    r[4 + m] = _mm512_shuffle_f32x4(b, d, 0x88);   // column 4 + m
+    r[12 + m] = _mm512_shuffle_f32x4(b, d, 0xdd);  // column 12 + m
+  }
+}
+
+// One input row of one channel block, 16 positions at a time: the 16 channel rows (a plane
+// apart; missing channels and positions read as 0) transposed in registers, one store per
+// position.  (Gathering each position's 16 channels instead: 4x slower, its 16 reads all map to
+// one L1 set when the plane is 4 KiB.)
 void to_blocked_row_avx512(const float* x, std::int64_t plane, std::int64_t channels, std::int64_t width,
                            float* y) {
-  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i index = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(plane)));
-  const __mmask16 valid = static_cast<__mmask16>((1u << channels) - 1u);
-  for (std::int64_t j = 0; j < width; ++j)
-    _mm512_storeu_ps(y + 16 * j, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, index, x + j, 4));
+  __m512 r[16];
+  for (std::int64_t j = 0; j < width; j += 16) {
+    const std::int64_t n = width - j < 16 ? width - j : 16;
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+    for (int c = 0; c < 16; ++c)
+      r[c] = c < channels ? _mm512_maskz_loadu_ps(m, x + c * plane + j) : _mm512_setzero_ps();
+    transpose16(r);
+    for (std::int64_t p = 0; p < n; ++p) _mm512_storeu_ps(y + 16 * (j + p), r[p]);
+  }
 }
 
 // The reverse: per real channel, 16 positions at a time gathered from their 16-float cells.

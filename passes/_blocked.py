@@ -1,0 +1,148 @@
+"""The shift pass's last step: chains of AddressConvs move into the blocked layout.
+
+A connected set of AddressConvs (group 1, displacements within [-1, 1]) — connected where one's
+output is another's input X or residual — becomes BlockedAddressConvs working on
+[N, ceil(C/16), H + 2, W + 2, 16] tensors with a zero border (runtime/csrc/blocked_conv.h): one
+ToBlocked per tensor entering the set, one FromBlocked per tensor leaving it (read by anything else
+or a graph output). Inside, no conversion happens at all, so a ShiftNet runs from its stem to its
+pooling in the blocked layout.
+
+Why (one thread, Zen 5, per layer; ShiftNet widths 32 and 64): the NCHW AddressConv vectorises
+over positions, so its B rows lie a plane apart (at 32x32 every one in the same L1 set) and the
+displaced reads straddle cache lines; the blocked tiles vectorise over output channels and
+broadcast R displaced inputs per input channel, plain loads thanks to the border. Shift layers
+ran 5-27 % faster (96->32 @32x32: 35.6 -> 26.5 us; stride 2 96->64: 18.0 -> 12.6 us), identity
+layers the same or up to 8 % faster. The conversions cost about one copy of their tensor, so a set
+is converted only when it has at least ``MIN_NODES`` nodes and at most one conversion per two nodes
+(a ShuffleNetV2's AddressConvs, separated by depthwise convs, stay in NCHW).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt import ir
+from onnxopt.cost import mac_rule
+from onnxopt.runtime import ops
+
+MIN_NODES = 3
+BLOCK = 16
+
+
+@mac_rule(ops.BLOCKED_ADDRESS_CONV, domain=ops.DOMAIN)
+def _blocked_address_conv_macs(node, shapes, inits):
+    """N · Cout · Ho · Wo · K (group 1), X blocked [N, Cb, H + 2, W + 2, 16]."""
+    x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+    if x is None or w is None or len(x) != 5:
+        return None
+    strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
+    ho, wo = -(-(x[2] - 2) // strides[0]), -(-(x[3] - 2) // strides[1])
+    return int(x[0] * w[0] * ho * wo * w[1])
+
+
+def _eligible(node: gs.Node) -> bool:
+    if node.op != ops.ADDRESS_CONV or node.domain != ops.DOMAIN or int(node.attrs.get("group", 1)) != 1:
+        return False
+    if len(node.inputs) < 4 or len(node.outputs) != 1:
+        return False
+    address, w = ir.const_value(node.inputs[3]), ir.const_value(node.inputs[1])
+    if address is None or w is None or address.ndim != 2 or address.shape[1] != 3 or w.ndim != 4:
+        return False
+    return bool(np.abs(address[:, 1:]).max(initial=0) <= 1)
+
+
+def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
+    """X and, when present, the residual."""
+    return [node.inputs[0]] + ([node.inputs[4]] if len(node.inputs) > 4 and node.inputs[4].name else [])
+
+
+def _components(nodes: list[gs.Node]) -> list[list[gs.Node]]:
+    index = {id(n): i for i, n in enumerate(nodes)}
+    parent = list(range(len(nodes)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, node in enumerate(nodes):
+        for t in _data_inputs(node):
+            j = index.get(id(ir.producer(t)))
+            if j is not None:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[gs.Node]] = {}
+    for i, node in enumerate(nodes):
+        groups.setdefault(find(i), []).append(node)
+    return list(groups.values())
+
+
+def _blocked_shape(shape) -> list | None:
+    if shape is None or len(shape) != 4:
+        return None
+    n, c, h, w = shape
+    known = all(isinstance(d, (int, np.integer)) for d in (h, w))
+    cb = -(-int(c) // BLOCK) if isinstance(c, (int, np.integer)) else None
+    return [n, cb, int(h) + 2 if known else None, int(w) + 2 if known else None, BLOCK]
+
+
+def _inner(d):
+    return int(d) - 2 if isinstance(d, (int, np.integer)) else None
+
+
+def _output_shape(xb_shape, channels: int, strides) -> list | None:
+    """A BlockedAddressConv's output shape from its blocked input's."""
+    if xb_shape is None:
+        return None
+    h, w = _inner(xb_shape[2]), _inner(xb_shape[3])
+    ho = -(-h // int(strides[0])) + 2 if h is not None else None
+    wo = -(-w // int(strides[1])) + 2 if w is not None else None
+    return [xb_shape[0], -(-channels // BLOCK), ho, wo, BLOCK]
+
+
+def block_chains(graph: gs.Graph) -> tuple[int, int]:
+    """Move every qualifying set of AddressConvs into the blocked layout; returns (nodes, conversions)."""
+    moved = conversions = 0
+    graph.toposort()
+    for comp in _components([n for n in graph.nodes if _eligible(n)]):
+        members = {id(n) for n in comp}
+        entering = {t.name: t for n in comp for t in _data_inputs(n) if id(ir.producer(t)) not in members}
+        leaving = [n.outputs[0] for n in comp
+                   if ir.is_graph_output(graph, n.outputs[0])
+                   or any(id(u) not in members or not any(t is n.outputs[0] for t in _data_inputs(u))
+                          for u in ir.consumers(n.outputs[0]))]
+        cost = len(entering) + len(leaving)
+        if len(comp) < MIN_NODES or 2 * cost > len(comp):
+            continue
+        blocked: dict[str, gs.Variable] = {}
+        for name, t in entering.items():
+            tb = gs.Variable(f"{name}/blocked", np.float32, _blocked_shape(t.shape))
+            graph.nodes.append(gs.Node(ops.TO_BLOCKED, name=f"{name}/to_blocked", domain=ops.DOMAIN,
+                                       inputs=[t], outputs=[tb]))
+            blocked[name] = tb
+        leaving_names = {t.name for t in leaving}
+        for n in comp:  # in graph order, which is topological: each X's blocked shape is known first
+            y = n.outputs[0]
+            inputs = list(n.inputs)
+            inputs[0] = blocked[inputs[0].name]
+            if len(inputs) > 4 and inputs[4].name:
+                inputs[4] = blocked[inputs[4].name]
+            attrs = {k: v for k, v in n.attrs.items() if k != "group"}
+            channels = int(ir.const_value(inputs[1]).shape[0])
+            out = gs.Variable(f"{y.name}/blocked", np.float32,
+                              _output_shape(inputs[0].shape, channels, attrs.get("strides", [1, 1])))
+            blocked[y.name] = out
+            n.inputs.clear()
+            n.outputs.clear()
+            graph.nodes.append(gs.Node(ops.BLOCKED_ADDRESS_CONV, name=n.name, domain=ops.DOMAIN, attrs=attrs,
+                                       inputs=inputs, outputs=[out]))
+            if y.name in leaving_names:
+                if out.shape is not None and y.shape is None:
+                    y.shape, y.dtype = [out.shape[0], channels, _inner(out.shape[2]), _inner(out.shape[3])], np.float32
+                graph.nodes.append(gs.Node(ops.FROM_BLOCKED, name=f"{y.name}/from_blocked", domain=ops.DOMAIN,
+                                           attrs={"channels": channels}, inputs=[out], outputs=[y]))
+        moved += len(comp)
+        conversions += cost
+    if moved:
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return moved, conversions
