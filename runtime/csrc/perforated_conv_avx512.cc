@@ -67,49 +67,7 @@ void fill(const float* src, const std::int32_t* index, std::int64_t count, float
   }
 }
 
-__mmask16 bits(std::int64_t from, std::int64_t to) {  // lanes [from, to) of 16, clamped
-  from = from < 0 ? 0 : from > 16 ? 16 : from;
-  to = to < from ? from : to > 16 ? 16 : to;
-  return static_cast<__mmask16>(((1u << to) - 1u) & ~((1u << from) - 1u));
-}
-
 constexpr int kPrefetchChannels = 4;
-
-bool perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int nr, PermPlan* plan) {
-  if (count > kMaxPermSegments || g.kernel_h * count > kMaxPermOps) return false;
-  for (int i = 0; i < count; ++i) plan->segment[i] = segs[i];
-  int nops = 0;
-  for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
-    for (int i = 0; i < count; ++i) {
-      const PermSegment& sg = segs[i];
-      const std::int64_t y = sg.iy + ky * g.dilation_h;
-      const std::int64_t x = sg.ix;
-      const bool row = y >= 0 && y < g.height;
-      const __mmask16 lo = row ? bits(-x, g.width - x) : static_cast<__mmask16>(0);
-      const __mmask16 hi = row ? bits(-x - 16, g.width - x - 16) : static_cast<__mmask16>(0);
-      // A window outside the image loads nothing and stores the zero padding.
-      plan->op[nops++] = PermOp{static_cast<std::int32_t>(lo || hi ? y * g.width + x : 0),
-                                static_cast<std::int32_t>(ky * g.kernel_w * nr + 16 * sg.vector), sg.lanes, lo, hi,
-                                static_cast<std::uint16_t>(i)};
-    }
-  }
-  plan->ops = nops;
-  // The input lines (16-float units of the channel plane) the windows cover.
-  int nlines = 0;
-  for (int i = 0; i < nops; ++i) {
-    if (!plan->op[i].lo && !plan->op[i].hi) continue;
-    const std::int64_t first = plan->op[i].offset >> 4;
-    const std::int64_t last = (plan->op[i].offset + 31) >> 4;
-    for (std::int64_t line = first; line <= last && nlines < kMaxPermLines; ++line) {
-      bool seen = false;
-      for (int j = 0; j < nlines && !seen; ++j) seen = plan->line[j] == line * 16;
-      if (!seen) plan->line[nlines++] = line * 16;
-    }
-  }
-  plan->lines = nlines;
-  plan->stride = g.kernel_h * g.kernel_w * nr;
-  return true;
-}
 
 // Per channel, each op (a segment and a kernel row) is two masked loads of its 32-float window
 // and, per kernel column, a permute (the index moved by the dilation) and a masked store of the
@@ -152,7 +110,7 @@ void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan,
 }  // namespace
 
 PerforatedKernels perforated_kernels_avx512() {
-  return {&pack, &fill, &perm_plan, &perm_pack, perforated_acc_tile_avx512()};
+  return {&pack, &fill, &perm_pack, perforated_acc_tile_avx512()};
 }
 
 }  // namespace onnxopt
