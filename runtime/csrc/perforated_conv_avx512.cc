@@ -69,29 +69,65 @@ void fill(const float* src, const std::int32_t* index, std::int64_t count, float
 
 constexpr int kPrefetchChannels = 4;
 
-// Per channel, each op (a segment and a kernel row) is two masked loads of its 32-float window
-// and, per kernel column, a permute (the index moved by the dilation) and a masked store of the
-// segment's lanes: no data-dependent branches, and the window is loaded once for all kernel
-// columns (the loads, not the permutes, bound this loop).  Lanes that no segment fills (columns
-// >= nc of the last panel) keep whatever the buffer held: the tiles never store those columns.
-// The input lines the plan reads are prefetched kPrefetchChannels channel planes ahead (a
-// channel's few rows may come from L3, in a pattern the hardware prefetchers do not follow).
-void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
-  const __m512i step = _mm512_set1_epi32(static_cast<int>(g.dilation_w));
-  const std::int64_t nr = plan.stride / (g.kernel_h * g.kernel_w);
-  // The first channels' lines, all at once (their loads then overlap), then kPrefetchChannels ahead.
-  for (std::int64_t c = 0; c < kPrefetchChannels && c < g.channels; ++c) {
-    const float* plane = image + c * g.plane;
-    for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(plane + plan.line[j]), _MM_HINT_T0);
+inline void prefetch_lines(const float* plane, const std::int64_t* line, int lines) {
+  for (int j = 0; j < lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(plane + line[j]), _MM_HINT_T0);
+}
+
+// One group of ops (the segments of one 16-lane vector at one kernel row; consecutive in the
+// plan, same dst) over all channels: per channel two masked loads per segment (zeros outside the
+// image), then per kernel column the segments' permutes merged in registers (the first one fills
+// every lane, the others are blended in over their lanes) and one unmasked store.  Lanes that no
+// segment fills (columns >= nc of the last panel) get values of the first segment's window: real
+// inputs or zeros, which the tiles compute with but never store.  KW > 0: kernel_w fixed.  The
+// first group prefetches the panel's input lines kPrefetchChannels channel planes ahead.
+template <int S, int KW>
+void perm_group(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, bool prefetch,
+                std::int64_t nr, float* dst) {
+  __m512i idx[S][KW];
+  __mmask16 lo[S], hi[S], lanes[S];
+  std::int64_t off[S];
+#pragma GCC unroll 4
+  for (int s = 0; s < S; ++s) {
+    const __m512i base = _mm512_loadu_si512(plan.segment[ops[s].segment].index);
+#pragma GCC unroll 8
+    for (int kx = 0; kx < KW; ++kx) idx[s][kx] = _mm512_add_epi32(base, _mm512_set1_epi32(static_cast<int>(kx * g.dilation_w)));
+    lo[s] = ops[s].lo;
+    hi[s] = ops[s].hi;
+    lanes[s] = ops[s].lanes;
+    off[s] = ops[s].offset;
   }
-  for (std::int64_t c = 0; c < g.channels; ++c) {
-    const float* plane = image + c * g.plane;
-    if (c + kPrefetchChannels < g.channels) {
-      const float* ahead = plane + kPrefetchChannels * g.plane;
-      for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + plan.line[j]), _MM_HINT_T0);
+  float* out = dst + ops[0].dst;
+  const float* plane = image;
+  for (std::int64_t c = 0; c < g.channels; ++c, plane += g.plane, out += plan.stride) {
+    if (prefetch && c + kPrefetchChannels < g.channels)
+      prefetch_lines(plane + kPrefetchChannels * g.plane, plan.line, plan.lines);
+    __m512 l[S], h[S];
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s) {
+      l[s] = _mm512_maskz_loadu_ps(lo[s], plane + off[s]);
+      h[s] = _mm512_maskz_loadu_ps(hi[s], plane + off[s] + 16);
     }
-    for (int i = 0; i < plan.ops; ++i) {
-      const PermOp& op = plan.op[i];
+#pragma GCC unroll 8
+    for (int kx = 0; kx < KW; ++kx) {
+      __m512 v = _mm512_permutex2var_ps(l[0], idx[0][kx], h[0]);
+#pragma GCC unroll 4
+      for (int s = 1; s < S; ++s) v = _mm512_mask_mov_ps(v, lanes[s], _mm512_permutex2var_ps(l[s], idx[s][kx], h[s]));
+      _mm512_storeu_ps(out + kx * nr, v);
+    }
+  }
+}
+
+// Any kernel width and segment count: per channel and op two masked loads and per kernel column
+// a permute and a masked store of the op's lanes.
+void perm_ops(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, int count,
+              bool prefetch, std::int64_t nr, float* dst) {
+  const __m512i step = _mm512_set1_epi32(static_cast<int>(g.dilation_w));
+  const float* plane = image;
+  for (std::int64_t c = 0; c < g.channels; ++c, plane += g.plane, dst += plan.stride) {
+    if (prefetch && c + kPrefetchChannels < g.channels)
+      prefetch_lines(plane + kPrefetchChannels * g.plane, plan.line, plan.lines);
+    for (int i = 0; i < count; ++i) {
+      const PermOp& op = ops[i];
       const float* src = plane + op.offset;
       const __m512 lo = _mm512_maskz_loadu_ps(op.lo, src);
       const __m512 hi = _mm512_maskz_loadu_ps(op.hi, src + 16);
@@ -103,7 +139,41 @@ void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan,
         out += nr;
       }
     }
-    dst += plan.stride;
+  }
+}
+
+template <int KW>
+void perm_group_kw(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, int count,
+                   bool prefetch, std::int64_t nr, float* dst) {
+  switch (count) {
+    case 1: perm_group<1, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    case 2: perm_group<2, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    case 3: perm_group<3, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    case 4: perm_group<4, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    default: perm_ops(image, g, plan, ops, count, prefetch, nr, dst); return;
+  }
+}
+
+// Group by group (a kernel row of a 16-lane vector), each over all channels: the group's window
+// masks, offsets and permute indices stay in registers, and every packed vector is stored once.
+// The input lines the plan reads are prefetched (all lines of the first kPrefetchChannels
+// channels first, then kPrefetchChannels ahead in the first group): a channel's few rows may come
+// from L3, in a pattern the hardware prefetchers do not follow.
+void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
+  const std::int64_t nr = plan.stride / (g.kernel_h * g.kernel_w);
+  for (std::int64_t c = 0; c < kPrefetchChannels && c < g.channels; ++c)
+    prefetch_lines(image + c * g.plane, plan.line, plan.lines);
+  for (int i = 0; i < plan.ops;) {
+    int j = i + 1;
+    while (j < plan.ops && plan.op[j].dst == plan.op[i].dst) ++j;
+    const bool prefetch = i == 0;
+    if (g.kernel_w == 3)
+      perm_group_kw<3>(image, g, plan, plan.op + i, j - i, prefetch, nr, dst);
+    else if (g.kernel_w == 1)
+      perm_group_kw<1>(image, g, plan, plan.op + i, j - i, prefetch, nr, dst);
+    else
+      perm_ops(image, g, plan, plan.op + i, j - i, prefetch, nr, dst);
+    i = j;
   }
 }
 
