@@ -88,7 +88,7 @@ void pack_generic(const float* image, const PanelGeometry& g, const std::int32_t
   }
 }
 
-void fill_generic(const float* src, const std::int32_t* fill, std::int64_t count, float* dst) {
+void fill_generic(const float* src, const std::int32_t* fill, const FillVector*, std::int64_t count, float* dst) {
   for (std::int64_t q = 0; q < count; ++q) dst[q] = src[fill[q]];
 }
 
@@ -176,6 +176,7 @@ struct PerforatedPlan {
   std::vector<PermSegment> segments;
   std::vector<std::int32_t> offsets;  // gather panels: [taps][nr] each
   std::vector<std::uint8_t> inside;   // gather panels: [taps] each
+  std::vector<FillVector> fill_vectors;  // one per full 16 outputs of a row
 
   PermPlan perm(std::int64_t q) const {
     const Panel& p = panels[static_cast<std::size_t>(q)];
@@ -214,6 +215,40 @@ bool plan_matches(const PerforatedPlan& plan, const PerforatedConvShape& s, cons
          static_cast<std::int64_t>(plan.fill.size()) == plane &&
          std::memcmp(plan.positions.data(), positions, static_cast<std::size_t>(count) * sizeof(std::int32_t)) == 0 &&
          std::memcmp(plan.fill.data(), fill, static_cast<std::size_t>(plane) * sizeof(std::int32_t)) == 0;
+}
+
+// Per full 16 outputs of a row: the lanes grouped greedily into windows of 32 consecutive
+// sources (from the smallest source not yet covered), windows = 0 past kMaxFillWindows.
+std::vector<FillVector> fill_vectors(const std::int32_t* fill, std::int64_t plane) {
+  std::vector<FillVector> vectors(static_cast<std::size_t>(plane / 16));
+  for (std::size_t v = 0; v < vectors.size(); ++v) {
+    FillVector& f = vectors[v];
+    f = FillVector{};
+    const std::int32_t* src = fill + 16 * v;
+    unsigned left = 0xFFFFu;
+    int windows = 0;
+    while (left && windows < kMaxFillWindows) {
+      std::int32_t lo = 0;
+      bool first = true;
+      for (int l = 0; l < 16; ++l)
+        if ((left >> l & 1u) && (first || src[l] < lo)) {
+          lo = src[l];
+          first = false;
+        }
+      unsigned mask = 0;
+      for (int l = 0; l < 16; ++l)
+        if ((left >> l & 1u) && src[l] - lo < 32) {
+          mask |= 1u << l;
+          f.offset[l] = src[l] - lo;
+        }
+      f.start[windows] = lo;
+      f.mask[windows] = static_cast<std::uint16_t>(mask);
+      left &= ~mask;
+      ++windows;
+    }
+    f.windows = left ? 0 : windows;
+  }
+  return vectors;
 }
 
 // Appends the permute plan of one panel's segments (per kernel row and segment: the window's
@@ -298,6 +333,7 @@ std::shared_ptr<const PerforatedPlan> make_perforated_plan(const PerforatedConvS
   plan->positions.assign(positions, positions + count);
   plan->fill.assign(fill, fill + plane_out);
   plan->identity = is_identity(positions, count, fill, plane_out);
+  plan->fill_vectors = fill_vectors(fill, plane_out);
   const std::int64_t taps = s.kernel_h * s.kernel_w;
   const std::int64_t nr = isa.nr;
   plan->stride = taps * nr;
@@ -368,7 +404,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
   thread_local std::vector<float> compact;
   float* dst = y;
   if (!identity) {
-    compact.resize(static_cast<std::size_t>(s.batch * s.out_channels * count + 16));  // + the fill's read slack
+    compact.resize(static_cast<std::size_t>(s.batch * s.out_channels * count + 32));  // + the fill's read slack
     dst = compact.data();
   }
 
@@ -481,7 +517,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     for (std::int64_t r = r0; r < r1; ++r) {
       const float* src = src_all + r * count;
       float* o = y + r * plane_out;
-      kernels.fill(src, fill, plane_out, o);
+      kernels.fill(src, fill, plan.fill_vectors.data(), plane_out, o);
     }
   });
 }

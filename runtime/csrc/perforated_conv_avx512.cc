@@ -44,20 +44,42 @@ void pack(const float* image, const PanelGeometry& g, const std::int32_t* offset
   }
 }
 
-// Sixteen outputs usually take their values from fewer than sixteen consecutive kept positions
-// (neighbours share them): one load and a permute then replace the gather.  Reads up to 15
-// floats past src[count - 1] (the caller's buffer has that slack).
-void fill(const float* src, const std::int32_t* index, std::int64_t count, float* dst) {
+// Per 16 outputs, from the mask's FillVector: one 32-float window of the compact row per group
+// of lanes (two loads and a permute each, merged with blends), gathers only where the sources
+// spread over more than kMaxFillWindows windows.  (A gather per vector, what uniform masks mostly
+// needed when one 16-float window was tried per vector, costs ~3x.)  Without `vectors`: one
+// 16-float window where the sources fit, else a gather.  Reads up to 31 floats past
+// src[count - 1] (the caller's buffer has that slack).
+void fill(const float* src, const std::int32_t* index, const FillVector* vectors, std::int64_t count, float* dst) {
   std::int64_t q = 0;
-  for (; q + 16 <= count; q += 16) {
-    const __m512i idx = _mm512_loadu_si512(index + q);
-    const int lo = _mm512_reduce_min_epi32(idx);
-    const int hi = _mm512_reduce_max_epi32(idx);
-    if (hi - lo < 16) {
-      const __m512 window = _mm512_loadu_ps(src + lo);
-      _mm512_storeu_ps(dst + q, _mm512_permutexvar_ps(_mm512_sub_epi32(idx, _mm512_set1_epi32(lo)), window));
-    } else {
-      _mm512_storeu_ps(dst + q, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, idx, src, 4));
+  if (vectors) {
+    for (; q + 16 <= count; q += 16, ++vectors) {
+      const FillVector& f = *vectors;
+      const __m512i idx = _mm512_loadu_si512(f.offset);
+      const int windows = f.windows;
+      if (windows == 0) {
+        _mm512_storeu_ps(dst + q, _mm512_i32gather_ps(_mm512_loadu_si512(index + q), src, 4));
+        continue;
+      }
+      const float* w0 = src + f.start[0];
+      __m512 v = _mm512_permutex2var_ps(_mm512_loadu_ps(w0), idx, _mm512_loadu_ps(w0 + 16));
+      for (int w = 1; w < windows; ++w) {
+        const float* wn = src + f.start[w];
+        v = _mm512_mask_mov_ps(v, f.mask[w], _mm512_permutex2var_ps(_mm512_loadu_ps(wn), idx, _mm512_loadu_ps(wn + 16)));
+      }
+      _mm512_storeu_ps(dst + q, v);
+    }
+  } else {
+    for (; q + 16 <= count; q += 16) {
+      const __m512i idx = _mm512_loadu_si512(index + q);
+      const int lo = _mm512_reduce_min_epi32(idx);
+      const int hi = _mm512_reduce_max_epi32(idx);
+      if (hi - lo < 16) {
+        const __m512 window = _mm512_loadu_ps(src + lo);
+        _mm512_storeu_ps(dst + q, _mm512_permutexvar_ps(_mm512_sub_epi32(idx, _mm512_set1_epi32(lo)), window));
+      } else {
+        _mm512_storeu_ps(dst + q, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, idx, src, 4));
+      }
     }
   }
   if (q < count) {

@@ -8,8 +8,21 @@
 
 namespace onnxopt {
 
-// dst[q] = src[fill[q]] for q < count; may read up to 15 floats past the largest src[fill[q]].
-using PerforatedFillFn = void (*)(const float* src, const std::int32_t* fill, std::int64_t count, float* dst);
+// How the fill takes one full 16-output vector of a row, worked out once per mask (the same for
+// every row): lanes in mask[w] take src[start[w] + offset[lane]] (offset < 32), w < windows; with
+// windows == 0 (sources spread over more than kMaxFillWindows windows of 32 floats) a gather.
+constexpr int kMaxFillWindows = 4;
+struct FillVector {
+  std::int32_t offset[16];
+  std::int32_t start[kMaxFillWindows];
+  std::uint16_t mask[kMaxFillWindows];
+  std::int32_t windows;
+};
+
+// dst[q] = src[fill[q]] for q < count; `vectors` (one per full 16 outputs, or null) as above.
+// May read up to 31 floats past the largest src[fill[q]].
+using PerforatedFillFn = void (*)(const float* src, const std::int32_t* fill, const FillVector* vectors,
+                                  std::int64_t count, float* dst);
 
 struct PanelGeometry {
   std::int64_t plane, channels, height, width, kernel_h, kernel_w, dilation_h, dilation_w;
