@@ -168,6 +168,56 @@ def test_threads_give_identical_results():
     np.testing.assert_array_equal(run(model, x, threads=1), run(model, x, threads=2))
 
 
+def mask_inputs_model(model):
+    """The model with positions and fill as graph inputs instead of initializers."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    for name in ("positions", "fill"):
+        init = next(i for i in g.initializer if i.name == name)
+        g.initializer.remove(init)
+        g.input.append(helper.make_tensor_value_info(name, TensorProto.INT32, ["P" if name == "positions" else "Q"]))
+    return model
+
+
+@needs_lib
+@pytest.mark.parametrize("threads", [1, 2])
+def test_masks_as_graph_inputs_changing_between_runs(threads):
+    # The kernel keeps the last mask's validation and packing plan; a mask that changes between
+    # runs of one session (contents, length, one entry, only fill) must give a new one.
+    rng = np.random.default_rng(5)
+    n, cin, cout, h, w = 2, 40, 24, 13, 37
+    weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    plane = h * w
+    masks = [make_mask("uniform", h, w, 0.5, 0), make_mask("grid", h, w, 0.25, 0), random_mask(rng, plane, 0.3)]
+    p1, f1 = masks[0]
+    p2 = p1.copy()
+    p2[len(p2) // 2] += 1 if p2[len(p2) // 2] + 1 not in p2 else -1  # one entry moved
+    masks.append((np.sort(p2).astype(np.int32), f1))
+    f2 = f1.copy()
+    f2[p1[3] + 1] = 3  # only fill differs
+    masks.append((p1, f2))
+    masks.append(masks[0])
+    model = mask_inputs_model(perforated_conv_model(x.shape, weight, b, p1, f1, pads=(1, 1, 1, 1)))
+    sess = session(fit_ir_version(model), threads=threads)
+    for positions, fill in masks + masks[::-1]:
+        positions, fill = np.asarray(positions, np.int32), np.asarray(fill, np.int32)
+        y = sess.run(None, {"X": x, "positions": positions, "fill": fill})[0]
+        ref = perforated_conv_ref(x, weight, b, positions, fill, 1, (1, 1), (1, 1, 1, 1), (1, 1))
+        assert rel_err(y, ref) < 1e-5
+        fresh = session(fit_ir_version(perforated_conv_model(x.shape, weight, b, positions, fill, pads=(1, 1, 1, 1))),
+                        threads=threads).run(None, {"X": x})[0]
+        np.testing.assert_array_equal(y, fresh)
+    # a bad mask between good ones is still an error, and does not spoil the next run
+    bad = p1.copy()
+    bad[-1] = plane
+    with pytest.raises(Exception, match=r"is outside the output plane"):
+        sess.run(None, {"X": x, "positions": bad, "fill": f1})
+    y = sess.run(None, {"X": x, "positions": p1, "fill": f1})[0]
+    assert rel_err(y, perforated_conv_ref(x, weight, b, p1, f1, 1, (1, 1), (1, 1, 1, 1), (1, 1))) < 1e-5
+
+
 @needs_lib
 def test_dynamic_batch():
     model, x, ref = case_model((1, 8, 16, 9, 9, 3, 1, 1, (1, 1, 1, 1), 1, 0.5, True), dynamic_batch=True)

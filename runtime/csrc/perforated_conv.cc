@@ -88,7 +88,7 @@ void pack_generic(const float* image, const PanelGeometry& g, const std::int32_t
   }
 }
 
-void fill_generic(const float* src, const std::int32_t* fill, std::int64_t count, float* dst) {
+void fill_generic(const float* src, const std::int32_t* fill, const FillVector*, std::int64_t count, float* dst) {
   for (std::int64_t q = 0; q < count; ++q) dst[q] = src[fill[q]];
 }
 
@@ -100,7 +100,13 @@ PerforatedKernels choose_kernels(const GemmIsa& isa) {
 #else
   (void)isa;
 #endif
-  return {&pack_generic, &fill_generic, nullptr, nullptr, nullptr};
+  return {&pack_generic, &fill_generic, nullptr, nullptr};
+}
+
+// Chosen once, from the first GemmIsa seen (there is one per process, see gemm_isa()).
+const PerforatedKernels& kernels_for(const GemmIsa& isa) {
+  static const PerforatedKernels kernels = choose_kernels(isa);
+  return kernels;
 }
 
 // The segments of a panel (see PermSegment), or 0 when some vector would need more than
@@ -144,6 +150,149 @@ int panel_segments(const PerforatedConvShape& s, const std::int32_t* pos, int nc
   return count;
 }
 
+std::uint16_t bits(std::int64_t from, std::int64_t to) {  // lanes [from, to) of 16, clamped
+  from = from < 0 ? 0 : from > 16 ? 16 : from;
+  to = to < from ? from : to > 16 ? 16 : to;
+  return static_cast<std::uint16_t>(((1u << to) - 1u) & ~((1u << from) - 1u));
+}
+
+}  // namespace
+
+struct PerforatedPlan {
+  // What the plan was made for (the shape's spatial geometry: batch and channels are zero).
+  PerforatedConvShape geometry;
+  int nr = 0;
+  std::vector<std::int32_t> positions, fill;
+  bool identity = false;
+  struct Panel {
+    std::int64_t first_op = 0, first_line = 0, first_segment = 0;
+    int ops = 0, lines = 0;
+    std::int64_t gather = -1;  // -1: packed by permutes, else its offsets start at offsets[gather * taps * nr]
+  };
+  std::vector<Panel> panels;  // one per nr kept positions
+  std::int64_t stride = 0;    // packed floats per channel (taps x nr)
+  std::vector<PermOp> ops;
+  std::vector<std::int64_t> lines;
+  std::vector<PermSegment> segments;
+  std::vector<std::int32_t> offsets;  // gather panels: [taps][nr] each
+  std::vector<std::uint8_t> inside;   // gather panels: [taps] each
+  std::vector<FillVector> fill_vectors;  // one per full 16 outputs of a row
+
+  PermPlan perm(std::int64_t q) const {
+    const Panel& p = panels[static_cast<std::size_t>(q)];
+    PermPlan view;
+    view.op = ops.data() + p.first_op;
+    view.ops = p.ops;
+    view.line = lines.data() + p.first_line;
+    view.lines = p.lines;
+    view.segment = segments.data() + p.first_segment;
+    view.stride = stride;
+    return view;
+  }
+};
+
+namespace {
+
+PerforatedConvShape spatial(const PerforatedConvShape& s) {
+  PerforatedConvShape g = s;
+  g.batch = g.in_channels = g.out_channels = 0;
+  g.group = 1;
+  return g;
+}
+
+bool same_geometry(const PerforatedConvShape& a, const PerforatedConvShape& b) {
+  return a.height == b.height && a.width == b.width && a.kernel_h == b.kernel_h && a.kernel_w == b.kernel_w &&
+         a.stride_h == b.stride_h && a.stride_w == b.stride_w && a.dilation_h == b.dilation_h &&
+         a.dilation_w == b.dilation_w && a.pad_top == b.pad_top && a.pad_left == b.pad_left &&
+         a.pad_bottom == b.pad_bottom && a.pad_right == b.pad_right;
+}
+
+bool plan_matches(const PerforatedPlan& plan, const PerforatedConvShape& s, const std::int32_t* positions,
+                  std::int64_t count, const std::int32_t* fill, const GemmIsa& isa) {
+  const std::int64_t plane = s.out_height() * s.out_width();
+  return plan.nr == isa.nr && same_geometry(plan.geometry, s) &&
+         static_cast<std::int64_t>(plan.positions.size()) == count &&
+         static_cast<std::int64_t>(plan.fill.size()) == plane &&
+         std::memcmp(plan.positions.data(), positions, static_cast<std::size_t>(count) * sizeof(std::int32_t)) == 0 &&
+         std::memcmp(plan.fill.data(), fill, static_cast<std::size_t>(plane) * sizeof(std::int32_t)) == 0;
+}
+
+// Per full 16 outputs of a row: the lanes grouped greedily into windows of 32 consecutive
+// sources (from the smallest source not yet covered), windows = 0 past kMaxFillWindows.
+std::vector<FillVector> fill_vectors(const std::int32_t* fill, std::int64_t plane) {
+  std::vector<FillVector> vectors(static_cast<std::size_t>(plane / 16));
+  for (std::size_t v = 0; v < vectors.size(); ++v) {
+    FillVector& f = vectors[v];
+    f = FillVector{};
+    const std::int32_t* src = fill + 16 * v;
+    unsigned left = 0xFFFFu;
+    int windows = 0;
+    while (left && windows < kMaxFillWindows) {
+      std::int32_t lo = 0;
+      bool first = true;
+      for (int l = 0; l < 16; ++l)
+        if ((left >> l & 1u) && (first || src[l] < lo)) {
+          lo = src[l];
+          first = false;
+        }
+      unsigned mask = 0;
+      for (int l = 0; l < 16; ++l)
+        if ((left >> l & 1u) && src[l] - lo < 32) {
+          mask |= 1u << l;
+          f.offset[l] = src[l] - lo;
+        }
+      f.start[windows] = lo;
+      f.mask[windows] = static_cast<std::uint16_t>(mask);
+      left &= ~mask;
+      ++windows;
+    }
+    f.windows = left ? 0 : windows;
+  }
+  return vectors;
+}
+
+// Appends the permute plan of one panel's segments (per kernel row and segment: the window's
+// offset and load masks, rows outside the image loading nothing) and the input lines they read.
+void append_perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int nr, PerforatedPlan& plan,
+                      PerforatedPlan::Panel& panel) {
+  panel.first_segment = static_cast<std::int64_t>(plan.segments.size());
+  plan.segments.insert(plan.segments.end(), segs, segs + count);
+  panel.first_op = static_cast<std::int64_t>(plan.ops.size());
+  for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
+    for (int i = 0; i < count; ++i) {
+      const PermSegment& sg = segs[i];
+      const std::int64_t y = sg.iy + ky * g.dilation_h;
+      const std::int64_t x = sg.ix;
+      const bool row = y >= 0 && y < g.height;
+      const std::uint16_t lo = row ? bits(-x, g.width - x) : static_cast<std::uint16_t>(0);
+      const std::uint16_t hi = row ? bits(-x - 16, g.width - x - 16) : static_cast<std::uint16_t>(0);
+      // A window outside the image loads nothing and stores the zero padding.
+      plan.ops.push_back(PermOp{static_cast<std::int32_t>(lo || hi ? y * g.width + x : 0),
+                                static_cast<std::int32_t>(ky * g.kernel_w * nr + 16 * sg.vector), sg.lanes, lo, hi,
+                                static_cast<std::uint16_t>(i)});
+    }
+  }
+  panel.ops = static_cast<int>(static_cast<std::int64_t>(plan.ops.size()) - panel.first_op);
+  // The input lines (16-float units of the channel plane) the windows cover.
+  panel.first_line = static_cast<std::int64_t>(plan.lines.size());
+  int nlines = 0;
+  for (std::int64_t i = panel.first_op; i < static_cast<std::int64_t>(plan.ops.size()); ++i) {
+    const PermOp op = plan.ops[static_cast<std::size_t>(i)];
+    if (!op.lo && !op.hi) continue;
+    const std::int64_t first = op.offset >> 4;
+    const std::int64_t last = (op.offset + 31) >> 4;
+    for (std::int64_t line = first; line <= last && nlines < kMaxPermLines; ++line) {
+      bool seen = false;
+      for (int j = 0; j < nlines && !seen; ++j) seen = plan.lines[static_cast<std::size_t>(panel.first_line + j)] == line * 16;
+      if (!seen) {
+        plan.lines.push_back(line * 16);
+        ++nlines;
+      }
+    }
+  }
+  panel.lines = nlines;
+}
+
 bool is_identity(const std::int32_t* positions, std::int64_t count, const std::int32_t* fill,
                  std::int64_t plane) {
   if (count != plane) return false;
@@ -173,32 +322,98 @@ std::string validate_mask(const std::int32_t* positions, std::int64_t count, con
   return {};
 }
 
+std::shared_ptr<const PerforatedPlan> make_perforated_plan(const PerforatedConvShape& s,
+                                                           const std::int32_t* positions, std::int64_t count,
+                                                           const std::int32_t* fill, const GemmIsa& isa) {
+  auto plan = std::make_shared<PerforatedPlan>();
+  const std::int64_t plane_out = s.out_height() * s.out_width();
+  const PerforatedKernels& kernels = kernels_for(isa);
+  plan->geometry = spatial(s);
+  plan->nr = isa.nr;
+  plan->positions.assign(positions, positions + count);
+  plan->fill.assign(fill, fill + plane_out);
+  plan->identity = is_identity(positions, count, fill, plane_out);
+  plan->fill_vectors = fill_vectors(fill, plane_out);
+  const std::int64_t taps = s.kernel_h * s.kernel_w;
+  const std::int64_t nr = isa.nr;
+  plan->stride = taps * nr;
+  const PanelGeometry geometry{s.height * s.width, 0, s.height, s.width, s.kernel_h, s.kernel_w,
+                               s.dilation_h, s.dilation_w};
+  const bool use_perm = kernels.perm_pack && nr % 16 == 0;
+  const std::int64_t panels = div_up(count, nr);
+  plan->panels.resize(static_cast<std::size_t>(panels));
+  std::vector<PermSegment> segments(static_cast<std::size_t>(kMaxSegments * nr / 16));
+  std::int64_t gathers = 0;
+  for (std::int64_t q = 0; q < panels; ++q) {
+    PerforatedPlan::Panel& panel = plan->panels[static_cast<std::size_t>(q)];
+    const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, count - q * nr));
+    const std::int32_t* pos = positions + q * nr;
+    const int nseg = use_perm ? panel_segments(s, pos, cols_here, static_cast<int>(nr), kMaxSegments,
+                                               segments.data())
+                              : 0;
+    if (nseg > 0) {
+      append_perm_plan(geometry, segments.data(), nseg, static_cast<int>(nr), *plan, panel);
+      continue;
+    }
+    panel.gather = gathers++;
+    plan->offsets.resize(static_cast<std::size_t>(gathers * taps * nr));
+    plan->inside.resize(static_cast<std::size_t>(gathers * taps));
+    panel_offsets(s, pos, cols_here, static_cast<int>(nr), plan->offsets.data() + panel.gather * taps * nr,
+                  plan->inside.data() + panel.gather * taps);
+  }
+  return plan;
+}
+
+std::shared_ptr<const PerforatedPlan> PerforatedPlanCache::get(const PerforatedConvShape& s,
+                                                               const std::int32_t* positions, std::int64_t count,
+                                                               const std::int32_t* fill, const GemmIsa& isa,
+                                                               std::string* error) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (last_ && plan_matches(*last_, s, positions, count, fill, isa)) return last_;
+  }
+  *error = validate_mask(positions, count, fill, s.out_height() * s.out_width());
+  if (!error->empty()) return nullptr;
+  std::shared_ptr<const PerforatedPlan> plan = make_perforated_plan(s, positions, count, fill, isa);
+  std::lock_guard<std::mutex> lock(mutex_);
+  last_ = plan;
+  return plan;
+}
+
 void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedWeights& weights,
                      const float* bias, const std::int32_t* positions, std::int64_t count,
                      const std::int32_t* fill, float* y, const GemmIsa& isa, const ParallelFor& parallel_for) {
+  if (s.batch == 0 || s.out_height() * s.out_width() == 0 || s.out_channels == 0) return;
+  perforated_conv(s, x, weights, bias, *make_perforated_plan(s, positions, count, fill, isa), y, isa, parallel_for);
+}
+
+void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedWeights& weights,
+                     const float* bias, const PerforatedPlan& plan, float* y, const GemmIsa& isa,
+                     const ParallelFor& parallel_for) {
+  const std::int64_t count = static_cast<std::int64_t>(plan.positions.size());
+  const std::int32_t* fill = plan.fill.data();
   const std::int64_t plane_out = s.out_height() * s.out_width();
   const std::int64_t k = s.k_per_group();
   const std::int64_t m_per_group = s.out_channels / s.group;
   if (s.batch == 0 || plane_out == 0 || s.out_channels == 0) return;
 
   // Everything kept in order: compute straight into y, no fill pass.
-  const bool identity = is_identity(positions, count, fill, plane_out);
+  const bool identity = plan.identity;
   // The compact [N, Cout, P] result lives in a per-thread buffer that persists between runs (a
   // fresh allocation of this size is an mmap and page faults on every run).
   thread_local std::vector<float> compact;
   float* dst = y;
   if (!identity) {
-    compact.resize(static_cast<std::size_t>(s.batch * s.out_channels * count + 16));  // + the fill's read slack
+    compact.resize(static_cast<std::size_t>(s.batch * s.out_channels * count + 32));  // + the fill's read slack
     dst = compact.data();
   }
 
-  static const PerforatedKernels kernels = choose_kernels(isa);
+  const PerforatedKernels& kernels = kernels_for(isa);
   const std::int64_t plane_in = s.height * s.width;
   const std::int64_t cin_per_group = s.in_channels / s.group;
   const std::int64_t taps = s.kernel_h * s.kernel_w;
   const PanelGeometry geometry{plane_in, cin_per_group, s.height, s.width,
                                s.kernel_h, s.kernel_w, s.dilation_h, s.dilation_w};
-  const bool use_perm = kernels.perm_plan && isa.nr % 16 == 0;
   const bool kblocked = kernels.acc_tile && isa.mr == 12 && isa.nr == 32;
 
   // K blocks (whole channels) and position blocks.  Without K-blocking, a work item packs all
@@ -235,42 +450,19 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     const std::int64_t panels = div_up(nc, isa.nr);
     const std::int64_t nr = isa.nr;
 
-    // How each panel is packed: a permute plan, else gather offsets (worked out once per item).
-    thread_local std::vector<PermPlan> plans;
-    thread_local std::vector<std::uint8_t> planned;
-    thread_local std::vector<std::int32_t> offsets;
-    thread_local std::vector<std::uint8_t> inside;
-    thread_local std::vector<PermSegment> segments;
-    thread_local std::vector<float> packed;
-    if (plans.size() < static_cast<std::size_t>(panels)) plans.resize(static_cast<std::size_t>(panels));
-    planned.assign(static_cast<std::size_t>(panels), 0);
-    offsets.resize(static_cast<std::size_t>(panels * taps * nr));
-    inside.resize(static_cast<std::size_t>(panels * taps));
-    segments.resize(static_cast<std::size_t>(kMaxSegments * nr / 16));
-    for (std::int64_t q = 0; q < panels; ++q) {
-      const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
-      const std::int32_t* pos = positions + p0 + q * nr;
-      const int nseg = use_perm ? panel_segments(s, pos, cols_here, static_cast<int>(nr), kMaxSegments,
-                                                 segments.data())
-                                : 0;
-      if (nseg > 0 && kernels.perm_plan(geometry, segments.data(), nseg, static_cast<int>(nr), &plans[q])) {
-        planned[q] = 1;
-      } else {
-        panel_offsets(s, pos, cols_here, static_cast<int>(nr), offsets.data() + q * taps * nr,
-                      inside.data() + q * taps);
-      }
-    }
     const float* image = x + (n * s.in_channels + g * cin_per_group) * plane_in;
     // Packs channels [c0, c0 + channels) of panel q into dst ([channels * taps][nr]).
     auto pack_panel = [&](std::int64_t q, std::int64_t c0, std::int64_t channels, float* dst_panel) {
       PanelGeometry gk = geometry;
       gk.channels = channels;
       const float* from = image + c0 * plane_in;
-      if (planned[q])
-        kernels.perm_pack(from, gk, plans[q], dst_panel);
+      const std::int64_t panel = p0 / nr + q;
+      const std::int64_t gather = plan.panels[static_cast<std::size_t>(panel)].gather;
+      if (gather < 0)
+        kernels.perm_pack(from, gk, plan.perm(panel), dst_panel);
       else
-        kernels.pack(from, gk, offsets.data() + q * taps * nr, inside.data() + q * taps, static_cast<int>(nr),
-                     dst_panel);
+        kernels.pack(from, gk, plan.offsets.data() + gather * taps * nr, plan.inside.data() + gather * taps,
+                     static_cast<int>(nr), dst_panel);
     };
 
     float* out = dst + n * s.out_channels * count + p0;
@@ -278,6 +470,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     // starts and ends on a block start.
     const std::int64_t m_begin = weights.snap(std::min(m_per_group, split * split_rows));
     const std::int64_t m_end = weights.snap(std::min(m_per_group, (split + 1) * split_rows));
+    thread_local std::vector<float> packed;
     if (kblocked) {
       // Per K block and panel: pack (into L1), then every row block of the weights over it.
       packed.resize(static_cast<std::size_t>(kb_channels * taps * nr));
@@ -324,7 +517,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     for (std::int64_t r = r0; r < r1; ++r) {
       const float* src = src_all + r * count;
       float* o = y + r * plane_out;
-      kernels.fill(src, fill, plane_out, o);
+      kernels.fill(src, fill, plan.fill_vectors.data(), plane_out, o);
     }
   });
 }

@@ -15,6 +15,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "address_conv.h"  // PackedWeights, ParallelFor
@@ -42,8 +44,41 @@ struct PerforatedConvShape {
 std::string validate_mask(const std::int32_t* positions, std::int64_t count, const std::int32_t* fill,
                           std::int64_t plane);
 
+// How one mask is evaluated on one geometry: the mask's own copy, whether it is the identity,
+// and per panel of isa.nr kept positions the packing plan (row-window permutes or gather
+// offsets).  Depends on the spatial geometry (H, W, kernel, strides, dilations, pads), nr and the
+// mask's contents only, not on the batch or the channels; immutable once built.
+struct PerforatedPlan;
+
+// A plan for `positions` / `fill`, which must be a valid mask (validate_mask) for the shape's output plane.
+std::shared_ptr<const PerforatedPlan> make_perforated_plan(const PerforatedConvShape& shape,
+                                                           const std::int32_t* positions, std::int64_t count,
+                                                           const std::int32_t* fill, const GemmIsa& isa);
+
+// The plan of the last mask seen (one per kernel instance): reused while the geometry and the
+// contents of positions and fill are the same (compared in full on every call, so masks that are
+// graph inputs and change between runs get a new plan), else the mask is validated and a new plan
+// built.  Thread-safe (concurrent runs share the immutable plan).
+class PerforatedPlanCache {
+ public:
+  // The plan, or null with `error` set (validate_mask's message) when the mask is invalid.
+  std::shared_ptr<const PerforatedPlan> get(const PerforatedConvShape& shape, const std::int32_t* positions,
+                                            std::int64_t count, const std::int32_t* fill, const GemmIsa& isa,
+                                            std::string* error);
+
+ private:
+  std::mutex mutex_;
+  std::shared_ptr<const PerforatedPlan> last_;
+};
+
 // y [N, Cout, Ho, Wo] = PerforatedConv(x [N, Cin, H, W], weights [Cout, K] packed, bias [Cout] or
-// null, positions [P], fill [Ho*Wo]).  The mask must have been validated for Ho*Wo.
+// null) at the plan's mask (made for this shape's geometry and isa.nr).
+void perforated_conv(const PerforatedConvShape& shape, const float* x, const PackedWeights& weights,
+                     const float* bias, const PerforatedPlan& plan, float* y, const GemmIsa& isa,
+                     const ParallelFor& parallel_for);
+
+// The same with the plan built for this call (positions [P], fill [Ho*Wo]; the mask must have
+// been validated for Ho*Wo).
 void perforated_conv(const PerforatedConvShape& shape, const float* x, const PackedWeights& weights,
                      const float* bias, const std::int32_t* positions, std::int64_t count,
                      const std::int32_t* fill, float* y, const GemmIsa& isa, const ParallelFor& parallel_for);

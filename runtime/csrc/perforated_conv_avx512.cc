@@ -44,20 +44,42 @@ void pack(const float* image, const PanelGeometry& g, const std::int32_t* offset
   }
 }
 
-// Sixteen outputs usually take their values from fewer than sixteen consecutive kept positions
-// (neighbours share them): one load and a permute then replace the gather.  Reads up to 15
-// floats past src[count - 1] (the caller's buffer has that slack).
-void fill(const float* src, const std::int32_t* index, std::int64_t count, float* dst) {
+// Per 16 outputs, from the mask's FillVector: one 32-float window of the compact row per group
+// of lanes (two loads and a permute each, merged with blends), gathers only where the sources
+// spread over more than kMaxFillWindows windows.  (A gather per vector, what uniform masks mostly
+// needed when one 16-float window was tried per vector, costs ~3x.)  Without `vectors`: one
+// 16-float window where the sources fit, else a gather.  Reads up to 31 floats past
+// src[count - 1] (the caller's buffer has that slack).
+void fill(const float* src, const std::int32_t* index, const FillVector* vectors, std::int64_t count, float* dst) {
   std::int64_t q = 0;
-  for (; q + 16 <= count; q += 16) {
-    const __m512i idx = _mm512_loadu_si512(index + q);
-    const int lo = _mm512_reduce_min_epi32(idx);
-    const int hi = _mm512_reduce_max_epi32(idx);
-    if (hi - lo < 16) {
-      const __m512 window = _mm512_loadu_ps(src + lo);
-      _mm512_storeu_ps(dst + q, _mm512_permutexvar_ps(_mm512_sub_epi32(idx, _mm512_set1_epi32(lo)), window));
-    } else {
-      _mm512_storeu_ps(dst + q, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, idx, src, 4));
+  if (vectors) {
+    for (; q + 16 <= count; q += 16, ++vectors) {
+      const FillVector& f = *vectors;
+      const __m512i idx = _mm512_loadu_si512(f.offset);
+      const int windows = f.windows;
+      if (windows == 0) {
+        _mm512_storeu_ps(dst + q, _mm512_i32gather_ps(_mm512_loadu_si512(index + q), src, 4));
+        continue;
+      }
+      const float* w0 = src + f.start[0];
+      __m512 v = _mm512_permutex2var_ps(_mm512_loadu_ps(w0), idx, _mm512_loadu_ps(w0 + 16));
+      for (int w = 1; w < windows; ++w) {
+        const float* wn = src + f.start[w];
+        v = _mm512_mask_mov_ps(v, f.mask[w], _mm512_permutex2var_ps(_mm512_loadu_ps(wn), idx, _mm512_loadu_ps(wn + 16)));
+      }
+      _mm512_storeu_ps(dst + q, v);
+    }
+  } else {
+    for (; q + 16 <= count; q += 16) {
+      const __m512i idx = _mm512_loadu_si512(index + q);
+      const int lo = _mm512_reduce_min_epi32(idx);
+      const int hi = _mm512_reduce_max_epi32(idx);
+      if (hi - lo < 16) {
+        const __m512 window = _mm512_loadu_ps(src + lo);
+        _mm512_storeu_ps(dst + q, _mm512_permutexvar_ps(_mm512_sub_epi32(idx, _mm512_set1_epi32(lo)), window));
+      } else {
+        _mm512_storeu_ps(dst + q, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, idx, src, 4));
+      }
     }
   }
   if (q < count) {
@@ -67,73 +89,67 @@ void fill(const float* src, const std::int32_t* index, std::int64_t count, float
   }
 }
 
-__mmask16 bits(std::int64_t from, std::int64_t to) {  // lanes [from, to) of 16, clamped
-  from = from < 0 ? 0 : from > 16 ? 16 : from;
-  to = to < from ? from : to > 16 ? 16 : to;
-  return static_cast<__mmask16>(((1u << to) - 1u) & ~((1u << from) - 1u));
-}
-
 constexpr int kPrefetchChannels = 4;
 
-bool perm_plan(const PanelGeometry& g, const PermSegment* segs, int count, int nr, PermPlan* plan) {
-  if (count > kMaxPermSegments || g.kernel_h * count > kMaxPermOps) return false;
-  for (int i = 0; i < count; ++i) plan->segment[i] = segs[i];
-  int nops = 0;
-  for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
-    for (int i = 0; i < count; ++i) {
-      const PermSegment& sg = segs[i];
-      const std::int64_t y = sg.iy + ky * g.dilation_h;
-      const std::int64_t x = sg.ix;
-      const bool row = y >= 0 && y < g.height;
-      const __mmask16 lo = row ? bits(-x, g.width - x) : static_cast<__mmask16>(0);
-      const __mmask16 hi = row ? bits(-x - 16, g.width - x - 16) : static_cast<__mmask16>(0);
-      // A window outside the image loads nothing and stores the zero padding.
-      plan->op[nops++] = PermOp{static_cast<std::int32_t>(lo || hi ? y * g.width + x : 0),
-                                static_cast<std::int32_t>(ky * g.kernel_w * nr + 16 * sg.vector), sg.lanes, lo, hi,
-                                static_cast<std::uint16_t>(i)};
-    }
-  }
-  plan->ops = nops;
-  // The input lines (16-float units of the channel plane) the windows cover.
-  int nlines = 0;
-  for (int i = 0; i < nops; ++i) {
-    if (!plan->op[i].lo && !plan->op[i].hi) continue;
-    const std::int64_t first = plan->op[i].offset >> 4;
-    const std::int64_t last = (plan->op[i].offset + 31) >> 4;
-    for (std::int64_t line = first; line <= last && nlines < kMaxPermLines; ++line) {
-      bool seen = false;
-      for (int j = 0; j < nlines && !seen; ++j) seen = plan->line[j] == line * 16;
-      if (!seen) plan->line[nlines++] = line * 16;
-    }
-  }
-  plan->lines = nlines;
-  plan->stride = g.kernel_h * g.kernel_w * nr;
-  return true;
+inline void prefetch_lines(const float* plane, const std::int64_t* line, int lines) {
+  for (int j = 0; j < lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(plane + line[j]), _MM_HINT_T0);
 }
 
-// Per channel, each op (a segment and a kernel row) is two masked loads of its 32-float window
-// and, per kernel column, a permute (the index moved by the dilation) and a masked store of the
-// segment's lanes: no data-dependent branches, and the window is loaded once for all kernel
-// columns (the loads, not the permutes, bound this loop).  Lanes that no segment fills (columns
-// >= nc of the last panel) keep whatever the buffer held: the tiles never store those columns.
-// The input lines the plan reads are prefetched kPrefetchChannels channel planes ahead (a
-// channel's few rows may come from L3, in a pattern the hardware prefetchers do not follow).
-void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
-  const __m512i step = _mm512_set1_epi32(static_cast<int>(g.dilation_w));
-  const std::int64_t nr = plan.stride / (g.kernel_h * g.kernel_w);
-  // The first channels' lines, all at once (their loads then overlap), then kPrefetchChannels ahead.
-  for (std::int64_t c = 0; c < kPrefetchChannels && c < g.channels; ++c) {
-    const float* plane = image + c * g.plane;
-    for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(plane + plan.line[j]), _MM_HINT_T0);
+// One group of ops (the segments of one 16-lane vector at one kernel row; consecutive in the
+// plan, same dst) over all channels: per channel two masked loads per segment (zeros outside the
+// image), then per kernel column the segments' permutes merged in registers (the first one fills
+// every lane, the others are blended in over their lanes) and one unmasked store.  Lanes that no
+// segment fills (columns >= nc of the last panel) get values of the first segment's window: real
+// inputs or zeros, which the tiles compute with but never store.  KW > 0: kernel_w fixed.  The
+// first group prefetches the panel's input lines kPrefetchChannels channel planes ahead.
+template <int S, int KW>
+void perm_group(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, bool prefetch,
+                std::int64_t nr, float* dst) {
+  __m512i idx[S][KW];
+  __mmask16 lo[S], hi[S], lanes[S];
+  std::int64_t off[S];
+#pragma GCC unroll 4
+  for (int s = 0; s < S; ++s) {
+    const __m512i base = _mm512_loadu_si512(plan.segment[ops[s].segment].index);
+#pragma GCC unroll 8
+    for (int kx = 0; kx < KW; ++kx) idx[s][kx] = _mm512_add_epi32(base, _mm512_set1_epi32(static_cast<int>(kx * g.dilation_w)));
+    lo[s] = ops[s].lo;
+    hi[s] = ops[s].hi;
+    lanes[s] = ops[s].lanes;
+    off[s] = ops[s].offset;
   }
-  for (std::int64_t c = 0; c < g.channels; ++c) {
-    const float* plane = image + c * g.plane;
-    if (c + kPrefetchChannels < g.channels) {
-      const float* ahead = plane + kPrefetchChannels * g.plane;
-      for (int j = 0; j < plan.lines; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + plan.line[j]), _MM_HINT_T0);
+  float* out = dst + ops[0].dst;
+  const float* plane = image;
+  for (std::int64_t c = 0; c < g.channels; ++c, plane += g.plane, out += plan.stride) {
+    if (prefetch && c + kPrefetchChannels < g.channels)
+      prefetch_lines(plane + kPrefetchChannels * g.plane, plan.line, plan.lines);
+    __m512 l[S], h[S];
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s) {
+      l[s] = _mm512_maskz_loadu_ps(lo[s], plane + off[s]);
+      h[s] = _mm512_maskz_loadu_ps(hi[s], plane + off[s] + 16);
     }
-    for (int i = 0; i < plan.ops; ++i) {
-      const PermOp& op = plan.op[i];
+#pragma GCC unroll 8
+    for (int kx = 0; kx < KW; ++kx) {
+      __m512 v = _mm512_permutex2var_ps(l[0], idx[0][kx], h[0]);
+#pragma GCC unroll 4
+      for (int s = 1; s < S; ++s) v = _mm512_mask_mov_ps(v, lanes[s], _mm512_permutex2var_ps(l[s], idx[s][kx], h[s]));
+      _mm512_storeu_ps(out + kx * nr, v);
+    }
+  }
+}
+
+// Any kernel width and segment count: per channel and op two masked loads and per kernel column
+// a permute and a masked store of the op's lanes.
+void perm_ops(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, int count,
+              bool prefetch, std::int64_t nr, float* dst) {
+  const __m512i step = _mm512_set1_epi32(static_cast<int>(g.dilation_w));
+  const float* plane = image;
+  for (std::int64_t c = 0; c < g.channels; ++c, plane += g.plane, dst += plan.stride) {
+    if (prefetch && c + kPrefetchChannels < g.channels)
+      prefetch_lines(plane + kPrefetchChannels * g.plane, plan.line, plan.lines);
+    for (int i = 0; i < count; ++i) {
+      const PermOp& op = ops[i];
       const float* src = plane + op.offset;
       const __m512 lo = _mm512_maskz_loadu_ps(op.lo, src);
       const __m512 hi = _mm512_maskz_loadu_ps(op.hi, src + 16);
@@ -145,14 +161,48 @@ void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan,
         out += nr;
       }
     }
-    dst += plan.stride;
+  }
+}
+
+template <int KW>
+void perm_group_kw(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, int count,
+                   bool prefetch, std::int64_t nr, float* dst) {
+  switch (count) {
+    case 1: perm_group<1, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    case 2: perm_group<2, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    case 3: perm_group<3, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    case 4: perm_group<4, KW>(image, g, plan, ops, prefetch, nr, dst); return;
+    default: perm_ops(image, g, plan, ops, count, prefetch, nr, dst); return;
+  }
+}
+
+// Group by group (a kernel row of a 16-lane vector), each over all channels: the group's window
+// masks, offsets and permute indices stay in registers, and every packed vector is stored once.
+// The input lines the plan reads are prefetched (all lines of the first kPrefetchChannels
+// channels first, then kPrefetchChannels ahead in the first group): a channel's few rows may come
+// from L3, in a pattern the hardware prefetchers do not follow.
+void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan, float* dst) {
+  const std::int64_t nr = plan.stride / (g.kernel_h * g.kernel_w);
+  for (std::int64_t c = 0; c < kPrefetchChannels && c < g.channels; ++c)
+    prefetch_lines(image + c * g.plane, plan.line, plan.lines);
+  for (int i = 0; i < plan.ops;) {
+    int j = i + 1;
+    while (j < plan.ops && plan.op[j].dst == plan.op[i].dst) ++j;
+    const bool prefetch = i == 0;
+    if (g.kernel_w == 3)
+      perm_group_kw<3>(image, g, plan, plan.op + i, j - i, prefetch, nr, dst);
+    else if (g.kernel_w == 1)
+      perm_group_kw<1>(image, g, plan, plan.op + i, j - i, prefetch, nr, dst);
+    else
+      perm_ops(image, g, plan, plan.op + i, j - i, prefetch, nr, dst);
+    i = j;
   }
 }
 
 }  // namespace
 
 PerforatedKernels perforated_kernels_avx512() {
-  return {&pack, &fill, &perm_plan, &perm_pack, perforated_acc_tile_avx512()};
+  return {&pack, &fill, &perm_pack, perforated_acc_tile_avx512()};
 }
 
 }  // namespace onnxopt

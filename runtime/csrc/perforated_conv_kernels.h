@@ -8,8 +8,21 @@
 
 namespace onnxopt {
 
-// dst[q] = src[fill[q]] for q < count; may read up to 15 floats past the largest src[fill[q]].
-using PerforatedFillFn = void (*)(const float* src, const std::int32_t* fill, std::int64_t count, float* dst);
+// How the fill takes one full 16-output vector of a row, worked out once per mask (the same for
+// every row): lanes in mask[w] take src[start[w] + offset[lane]] (offset < 32), w < windows; with
+// windows == 0 (sources spread over more than kMaxFillWindows windows of 32 floats) a gather.
+constexpr int kMaxFillWindows = 4;
+struct FillVector {
+  std::int32_t offset[16];
+  std::int32_t start[kMaxFillWindows];
+  std::uint16_t mask[kMaxFillWindows];
+  std::int32_t windows;
+};
+
+// dst[q] = src[fill[q]] for q < count; `vectors` (one per full 16 outputs, or null) as above.
+// May read up to 31 floats past the largest src[fill[q]].
+using PerforatedFillFn = void (*)(const float* src, const std::int32_t* fill, const FillVector* vectors,
+                                  std::int64_t count, float* dst);
 
 struct PanelGeometry {
   std::int64_t plane, channels, height, width, kernel_h, kernel_w, dilation_h, dilation_w;
@@ -35,28 +48,24 @@ struct PermSegment {
 };
 
 // A panel's segments worked out for every tap (rows inside the image, column masks at the
-// image's edges where a masked load gives the zero padding) and the input lines they read,
-// once per panel; then every K block of channels is packed from it.
-constexpr int kMaxPermSegments = 16;
-constexpr int kMaxPermOps = 256;
+// image's edges where a masked load gives the zero padding) and the input lines they read, built
+// once per mask and geometry (perforated_conv.cc: PerforatedPlan, cached across runs); then every
+// K block of channels is packed from it.
 constexpr int kMaxPermLines = 64;
 struct PermOp {  // one segment and kernel row
   std::int32_t offset;  // window start in the channel plane
   std::int32_t dst;     // from the channel's first packed row: (ky * kernel_w) * nr + 16 * vector
   std::uint16_t lanes, lo, hi;  // lanes stored; load masks of the window's two halves
-  std::uint16_t segment;
+  std::uint16_t segment;        // into PermPlan::segment
 };
-struct PermPlan {
+struct PermPlan {  // a view of one panel's part of the plan's arrays
+  const PermOp* op = nullptr;
   int ops = 0, lines = 0;
+  const std::int64_t* line = nullptr;  // float offsets of the input lines read, from the channel plane
+  const PermSegment* segment = nullptr;
   std::int64_t stride = 0;  // packed floats per channel (taps x nr)
-  PermOp op[kMaxPermOps];   // one per kernel row and segment
-  std::int64_t line[kMaxPermLines];  // float offsets of the input lines read, from the channel plane
-  PermSegment segment[kMaxPermSegments];
 };
 
-// Builds `plan` for one panel of nr columns; false when it would take more than the limits above.
-using PerforatedPermPlanFn = bool (*)(const PanelGeometry& g, const PermSegment* segs, int count, int nr,
-                                      PermPlan* plan);
 // Packs g.channels channel planes (from `image`) of one panel: dst[c][tap][nr].
 using PerforatedPermPackFn = void (*)(const float* image, const PanelGeometry& g, const PermPlan& plan,
                                       float* dst);
@@ -69,8 +78,7 @@ using PerforatedAccTileFn = void (*)(int K, const float* a, int mr, const float*
 struct PerforatedKernels {
   PerforatedPackFn pack;
   PerforatedFillFn fill;
-  PerforatedPermPlanFn perm_plan;  // null where the ISA has no two-table permute
-  PerforatedPermPackFn perm_pack;
+  PerforatedPermPackFn perm_pack;  // null where the ISA has no two-table permute
   PerforatedAccTileFn acc_tile;    // 12 x 32 K-block tiles; null: one K block with GemmIsa::tile
 };
 

@@ -74,7 +74,10 @@ void PerforatedConvKernel::Compute(OrtKernelContext* context) {
   if (fd[0] != ho * wo) fail(mask_size_mismatch(fd[0], xd, ho, wo));
   const std::int32_t* p = in.positions.GetTensorData<std::int32_t>();
   const std::int32_t* f = in.fill.GetTensorData<std::int32_t>();
-  fail_if(validate_mask(p, pd[0], f, ho * wo));
+  // The mask's validation and packing plan, from the last run's when the mask is the same.
+  std::string mask_error;
+  const std::shared_ptr<const PerforatedPlan> plan = plans_.get(s, p, pd[0], f, isa_, &mask_error);
+  fail_if(mask_error);
 
   Ort::UnownedValue y = ctx.GetOutput(0, std::vector<std::int64_t>{s.batch, s.out_channels, ho, wo});
   float* out = y.GetTensorMutableData<float>();
@@ -86,7 +89,7 @@ void PerforatedConvKernel::Compute(OrtKernelContext* context) {
     weights = &per_run;
   }
   const ParallelFor parallel_for = ort_parallel_for(ctx);
-  perforated_conv(s, in.x.GetTensorData<float>(), *weights, in.bias, p, pd[0], f, out, isa_, parallel_for);
+  perforated_conv(s, in.x.GetTensorData<float>(), *weights, in.bias, *plan, out, isa_, parallel_for);
 }
 
 OrtStatusPtr PerforatedConvKernel::ComputeV2(OrtKernelContext* context) {

@@ -25,6 +25,7 @@ class PerforatedConvKernel {
   PerforatedConvAttrs attrs_;
   std::vector<std::int64_t> constant_w_dims_;
   PackedWeights packed_;
+  PerforatedPlanCache plans_;
 };
 
 // Inputs: X [N, Cin, H, W] float, W [Cout, Cin/group, kh, kw] float, optional B [Cout] float,
