@@ -55,6 +55,20 @@ def _ref_const(name: str, attr: str, kind: str) -> onnx.NodeProto:
     return node
 
 
+def _address_conv_like(name: str, inputs: list[str], nodes: list[onnx.NodeProto], opset: int,
+                       residual: bool) -> onnx.FunctionProto:
+    """A FunctionProto with AddressConv's attributes and defaults (group 1, strides [1, 1], no clamp),
+    the residual overload when ``residual``."""
+    f = helper.make_function(ops.DOMAIN, name, inputs=inputs, outputs=["Y"], nodes=nodes,
+                             opset_imports=[helper.make_opsetid("", opset)], attributes=[])
+    f.attribute_proto.extend([helper.make_attribute("group", 1), helper.make_attribute("strides", [1, 1]),
+                              helper.make_attribute("clip_min", float("-inf")),
+                              helper.make_attribute("clip_max", float("inf"))])
+    if residual:
+        f.overload = RESIDUAL_OVERLOAD
+    return f
+
+
 def address_conv_function(opset: int, residual: bool = False) -> onnx.FunctionProto:
     """The AddressConv FunctionProto, written against default-domain opset ``opset``; with
     ``residual`` its overload with the 5th input (see the module docstring)."""
@@ -110,14 +124,8 @@ def address_conv_function(opset: int, residual: bool = False) -> onnx.FunctionPr
         nodes.append(n("Add", ["Yc", "residual"], ["Ys"]))
     nodes += [_ref_const("lo", "clip_min", "value_float"), _ref_const("hi", "clip_max", "value_float"),
               n("Clip", ["Ys" if residual else "Yc", "lo", "hi"], ["Y"])]
-    f = helper.make_function(
-        ops.DOMAIN, ops.ADDRESS_CONV, inputs=["X", "W", "B", "address"] + (["residual"] if residual else []),
-        outputs=["Y"], nodes=nodes, opset_imports=[helper.make_opsetid("", opset)], attributes=[])
-    f.attribute_proto.extend([helper.make_attribute("group", 1), helper.make_attribute("strides", [1, 1]),
-                              helper.make_attribute("clip_min", float("-inf")),
-                              helper.make_attribute("clip_max", float("inf"))])
-    if residual:
-        f.overload = RESIDUAL_OVERLOAD
+    f = _address_conv_like(ops.ADDRESS_CONV, ["X", "W", "B", "address"] + (["residual"] if residual else []),
+                           nodes, opset, residual)
     f.doc_string = (f"{ops.ADDRESS_CONV} from standard ops: pad by the largest displacement, gather the "
                     "displaced strided pixels with indices computed from `address`, then a 1x1 Conv.")
     return f
@@ -247,15 +255,8 @@ def blocked_address_conv_function(opset: int, residual: bool = False) -> onnx.Fu
     body[-1].output[0] = "Yn"
     nodes += body
     nodes += _to_blocked_nodes("Yn", "Y", "by_")
-    f = helper.make_function(
-        ops.DOMAIN, ops.BLOCKED_ADDRESS_CONV,
-        inputs=["Xb", "W", "B", "address"] + (["residual_b"] if residual else []), outputs=["Y"], nodes=nodes,
-        opset_imports=[helper.make_opsetid("", opset)], attributes=[])
-    f.attribute_proto.extend([helper.make_attribute("group", 1), helper.make_attribute("strides", [1, 1]),
-                              helper.make_attribute("clip_min", float("-inf")),
-                              helper.make_attribute("clip_max", float("inf"))])
-    if residual:
-        f.overload = RESIDUAL_OVERLOAD
+    f = _address_conv_like(ops.BLOCKED_ADDRESS_CONV,
+                           ["Xb", "W", "B", "address"] + (["residual_b"] if residual else []), nodes, opset, residual)
     f.doc_string = (f"{ops.BLOCKED_ADDRESS_CONV} from standard ops: the blocked input (and residual) back to "
                     f"NCHW, the {ops.ADDRESS_CONV} body, the result blocked again.")
     return f

@@ -81,6 +81,14 @@ RowPlan plan_row(std::int64_t out_blocks, std::int64_t out_width, std::int64_t k
   return best;
 }
 
+// Work item `item` of the conversions: one row of one channel block of one image.
+struct RowItem {
+  std::int64_t row, block, image, c0, count;
+  RowItem(std::int64_t item, std::int64_t height, std::int64_t blocks, std::int64_t channels)
+      : row(item % height), block(item / height % blocks), image(item / height / blocks), c0(block * kBlock),
+        count(std::min(kBlock, channels - c0)) {}
+};
+
 void zero(float* p, std::int64_t n) { std::memset(p, 0, static_cast<std::size_t>(n) * sizeof(float)); }
 
 }  // namespace
@@ -115,10 +123,8 @@ void to_blocked(const float* x, std::int64_t batch, std::int64_t channels, std::
   }
   const bool avx512 = use_avx512(isa);
   parallel_for(static_cast<std::size_t>(batch * cb * height), [&](std::size_t item) {
-    const std::int64_t row = static_cast<std::int64_t>(item) % height;
-    const std::int64_t b = static_cast<std::int64_t>(item) / height % cb;
-    const std::int64_t n = static_cast<std::int64_t>(item) / height / cb;
-    const std::int64_t c0 = b * kBlock, count = std::min(kBlock, channels - c0);
+    const RowItem it(static_cast<std::int64_t>(item), height, cb, channels);
+    const std::int64_t row = it.row, b = it.block, n = it.image, c0 = it.c0, count = it.count;
     float* block = y + (n * cb + b) * cell;
     if (row == 0) zero(block, wp * kBlock);
     if (row == height - 1) zero(block + (hp - 1) * wp * kBlock, wp * kBlock);
@@ -142,10 +148,8 @@ void from_blocked(const float* x, std::int64_t batch, std::int64_t channels, std
   if (batch == 0 || plane == 0 || cb == 0) return;
   const bool avx512 = use_avx512(isa);
   parallel_for(static_cast<std::size_t>(batch * cb * height), [&](std::size_t item) {
-    const std::int64_t row = static_cast<std::int64_t>(item) % height;
-    const std::int64_t b = static_cast<std::int64_t>(item) / height % cb;
-    const std::int64_t n = static_cast<std::int64_t>(item) / height / cb;
-    const std::int64_t c0 = b * kBlock, count = std::min(kBlock, channels - c0);
+    const RowItem it(static_cast<std::int64_t>(item), height, cb, channels);
+    const std::int64_t row = it.row, b = it.block, n = it.image, c0 = it.c0, count = it.count;
     const float* in = x + (n * cb + b) * cell + ((row + 1) * wp + 1) * kBlock;
     float* out = y + (n * channels + c0) * plane + row * width;
     if (avx512) {
