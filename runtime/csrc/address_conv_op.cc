@@ -3,7 +3,6 @@
 // intra-op thread pool.
 #include "address_conv_op.h"
 
-#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -29,20 +28,10 @@ void fail_if(const std::string& error) {
 AddressConvKernel::AddressConvKernel(const OrtApi& api, const OrtKernelInfo* info)
     : api_(api), isa_(gemm_isa()) {
   fail_if(address_conv_attrs(int_attr(api, info, "group", 1), ints_attr(api, info, "strides", {1, 1}), attrs_));
-  clip_min_ = float_attr(api, info, "clip_min", clip_min_);
-  clip_max_ = float_attr(api, info, "clip_max", clip_max_);
-  if (std::isnan(clip_min_) || std::isnan(clip_max_) || clip_min_ > clip_max_)
-    fail("attributes clip_min = " + std::to_string(clip_min_) + " and clip_max = " + std::to_string(clip_max_) +
-         " are not an interval");
+  fail_if(clip_attrs(api, info, clip_min_, clip_max_));
 
   // Weights that are initializers are packed once here instead of on every run.
-  int is_constant = 0;
-  const OrtValue* w = nullptr;
-  OrtStatus* st = api.KernelInfoGetConstantInput_tensor(info, kW, &is_constant, &w);
-  if (st) {
-    api.ReleaseStatus(st);
-  } else if (is_constant && w) {
-    Ort::ConstValue wv(w);
+  if (const Ort::ConstValue wv = constant_input(api, info, kW)) {
     const std::vector<std::int64_t> d = wv.GetTensorTypeAndShapeInfo().GetShape();
     if (d.size() == 4 && d[2] == 1 && d[3] == 1 && d[0] % attrs_.group == 0 && d[0] > 0 && d[1] > 0) {
       constant_w_dims_ = d;

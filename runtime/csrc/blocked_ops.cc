@@ -1,6 +1,5 @@
 #include "blocked_ops.h"
 
-#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -70,18 +69,8 @@ const char* FromBlockedOp::GetName() const { return kFromBlocked; }
 BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info)
     : api_(api), isa_(gemm_isa()) {
   fail_if(kBlockedAddressConv, address_conv_attrs(1, ints_attr(api, info, "strides", {1, 1}), attrs_));
-  clip_min_ = float_attr(api, info, "clip_min", clip_min_);
-  clip_max_ = float_attr(api, info, "clip_max", clip_max_);
-  if (std::isnan(clip_min_) || std::isnan(clip_max_) || clip_min_ > clip_max_)
-    fail_if(kBlockedAddressConv, "attributes clip_min = " + std::to_string(clip_min_) + " and clip_max = " +
-                                     std::to_string(clip_max_) + " are not an interval");
-  int is_constant = 0;
-  const OrtValue* w = nullptr;
-  OrtStatus* st = api.KernelInfoGetConstantInput_tensor(info, address_conv_in::kW, &is_constant, &w);
-  if (st) {
-    api.ReleaseStatus(st);
-  } else if (is_constant && w) {
-    Ort::ConstValue wv(w);
+  fail_if(kBlockedAddressConv, clip_attrs(api, info, clip_min_, clip_max_));
+  if (const Ort::ConstValue wv = constant_input(api, info, address_conv_in::kW)) {
     const std::vector<std::int64_t> d = wv.GetTensorTypeAndShapeInfo().GetShape();
     if (d.size() == 4 && d[2] == 1 && d[3] == 1 && d[0] > 0 && d[1] > 0) {
       constant_w_dims_ = d;

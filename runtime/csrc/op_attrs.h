@@ -76,6 +76,29 @@ inline std::string string_attr(const OrtApi& api, const OrtKernelInfo* info, con
   return v;
 }
 
+// Input `index` when it is a constant initializer (its value is then fixed for the session: a
+// kernel may pack it once), else an empty value.
+inline Ort::ConstValue constant_input(const OrtApi& api, const OrtKernelInfo* info, std::size_t index) {
+  int is_constant = 0;
+  const OrtValue* value = nullptr;
+  if (OrtStatus* st = api.KernelInfoGetConstantInput_tensor(info, index, &is_constant, &value)) {
+    api.ReleaseStatus(st);
+    return Ort::ConstValue(nullptr);
+  }
+  return Ort::ConstValue(is_constant ? value : nullptr);
+}
+
+// Attributes clip_min and clip_max (defaults -inf / +inf, kept where absent): an interval, else
+// what is wrong.
+inline std::string clip_attrs(const OrtApi& api, const OrtKernelInfo* info, float& lo, float& hi) {
+  lo = float_attr(api, info, "clip_min", lo);
+  hi = float_attr(api, info, "clip_max", hi);
+  if (lo != lo || hi != hi || lo > hi)
+    return "attributes clip_min = " + std::to_string(lo) + " and clip_max = " + std::to_string(hi) +
+           " are not an interval";
+  return {};
+}
+
 inline bool all_positive(const std::vector<std::int64_t>& v) {
   for (std::int64_t x : v)
     if (x < 1) return false;

@@ -29,12 +29,7 @@ PerforatedConvKernel::PerforatedConvKernel(const OrtApi& api, const OrtKernelInf
   fail_if(read_perforated_conv_attrs(api, info, attrs_));
 
   // Weights that are initializers are packed once here instead of on every run.
-  int is_constant = 0;
-  const OrtValue* w = nullptr;
-  if (OrtStatus* st = api.KernelInfoGetConstantInput_tensor(info, kW, &is_constant, &w)) {
-    api.ReleaseStatus(st);
-  } else if (is_constant && w) {
-    Ort::ConstValue wv(w);
+  if (const Ort::ConstValue wv = constant_input(api, info, kW)) {
     const std::vector<std::int64_t> d = wv.GetTensorTypeAndShapeInfo().GetShape();
     if (d.size() == 4 && d[0] > 0 && d[0] % attrs_.group == 0 && d[1] > 0 && d[2] > 0 && d[3] > 0) {
       constant_w_dims_ = d;
