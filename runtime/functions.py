@@ -262,10 +262,51 @@ def blocked_address_conv_function(opset: int, residual: bool = False) -> onnx.Fu
     return f
 
 
+def _renamed(nodes, prefix: str, io: dict[str, str], attr_prefix: str) -> list[onnx.NodeProto]:
+    """Copies of a function body's ``nodes`` with every value name ``prefix``-ed except those in
+    ``io`` (mapped), and every attribute reference ``attr_prefix``-ed."""
+    out = []
+    for node in nodes:
+        c = onnx.NodeProto()
+        c.CopyFrom(node)
+        for names in (c.input, c.output):
+            for i, name in enumerate(names):
+                if name:
+                    names[i] = io.get(name, prefix + name)
+        for a in c.attribute:
+            if a.ref_attr_name:
+                a.ref_attr_name = attr_prefix + a.ref_attr_name
+        out.append(c)
+    return out
+
+
+def blocked_address_conv_pair_function(opset: int, residual: bool = False) -> onnx.FunctionProto:
+    """BlockedAddressConvPair: the BlockedAddressConv body twice, the inner one's attributes named
+    ``first_*``."""
+    inner = _renamed(blocked_address_conv_function(opset).node, "p1_",
+                     {"Xb": "Xb", "W": "W1", "B": "B1", "address": "address1", "Y": "Ymid"}, "first_")
+    outer = _renamed(blocked_address_conv_function(opset, residual).node, "p2_",
+                     {"Xb": "Ymid", "W": "W2", "B": "B2", "address": "address2", "residual_b": "residual_b",
+                      "Y": "Y"}, "")
+    f = _address_conv_like(ops.BLOCKED_ADDRESS_CONV_PAIR,
+                           ["Xb", "W1", "B1", "address1", "W2", "B2", "address2"] + (["residual_b"] if residual else []),
+                           inner + outer, opset, residual)
+    f.attribute_proto.extend([helper.make_attribute("first_group", 1), helper.make_attribute("first_strides", [1, 1]),
+                              helper.make_attribute("first_clip_min", float("-inf")),
+                              helper.make_attribute("first_clip_max", float("inf"))])
+    f.doc_string = (f"{ops.BLOCKED_ADDRESS_CONV_PAIR} from standard ops: the {ops.BLOCKED_ADDRESS_CONV} body "
+                    "(first_* attributes), then again on its result (with the residual).")
+    return f
+
+
 #: Builders of each custom op's fallback function, keyed by op type.
 FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function, ops.PERFORATED_CONV: perforated_conv_function,
                      ops.TO_BLOCKED: to_blocked_function, ops.FROM_BLOCKED: from_blocked_function,
-                     ops.BLOCKED_ADDRESS_CONV: blocked_address_conv_function}
+                     ops.BLOCKED_ADDRESS_CONV: blocked_address_conv_function,
+                     ops.BLOCKED_ADDRESS_CONV_PAIR: blocked_address_conv_pair_function}
+
+#: Where each op's optional residual input sits (the overload "residual" when it is given).
+_RESIDUAL_INPUT = {ops.ADDRESS_CONV: 4, ops.BLOCKED_ADDRESS_CONV: 4, ops.BLOCKED_ADDRESS_CONV_PAIR: 7}
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -277,7 +318,8 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def _overload(node: onnx.NodeProto) -> str:
     """The function overload a custom-op node needs: AddressConv with a residual input has its own."""
-    if node.op_type in (ops.ADDRESS_CONV, ops.BLOCKED_ADDRESS_CONV) and len(node.input) > 4 and node.input[4]:
+    at = _RESIDUAL_INPUT.get(node.op_type)
+    if at is not None and len(node.input) > at and node.input[at]:
         return RESIDUAL_OVERLOAD
     return ""
 

@@ -12,6 +12,9 @@ PERFORATED_CONV = "PerforatedConv"
 TO_BLOCKED = "ToBlocked"
 FROM_BLOCKED = "FromBlocked"
 BLOCKED_ADDRESS_CONV = "BlockedAddressConv"
+#: Two BlockedAddressConvs in one op, the inner result never stored (blocked_address_conv_pair()).
+BLOCKED_ADDRESS_CONV_PAIR = "BlockedAddressConvPair"
 
 #: The ops the native library registers.
-NATIVE_OPS = (ADDRESS_CONV, PERFORATED_CONV, TO_BLOCKED, FROM_BLOCKED, BLOCKED_ADDRESS_CONV)
+NATIVE_OPS = (ADDRESS_CONV, PERFORATED_CONV, TO_BLOCKED, FROM_BLOCKED, BLOCKED_ADDRESS_CONV,
+              BLOCKED_ADDRESS_CONV_PAIR)

@@ -422,10 +422,16 @@ def test_shiftnet(runtime, options):
     assert res.details["address_convs"] == 3 and res.details["shifts_folded"] == 3 and not res.declined
     assert res.details["residuals_fused"] == 3 and res.details["chained_convs"] == 5  # 3 expand, 2 shortcut
     # every 1x1 conv of the blocks is an AddressConv, all in the blocked layout (one conversion in,
-    # one out); only the stem's 3x3 Conv and its Relu remain
-    assert counts[ops.BLOCKED_ADDRESS_CONV] == 8 and counts[ops.TO_BLOCKED] == 1 and counts[ops.FROM_BLOCKED] == 1
+    # one out), each block's expand + shift conv as one pair, the shortcuts alone; only the stem's
+    # 3x3 Conv and its Relu remain
+    assert counts[ops.BLOCKED_ADDRESS_CONV_PAIR] == 3 and counts[ops.BLOCKED_ADDRESS_CONV] == 2
+    assert counts[ops.TO_BLOCKED] == 1 and counts[ops.FROM_BLOCKED] == 1
     assert counts["Conv"] == 1 and counts["Add"] == 0 and counts["Relu"] == 1 and ops.ADDRESS_CONV not in counts
     assert res.details["blocked_convs"] == 8 and res.details["layout_conversions"] == 2
+    assert res.details["blocked_pairs"] == 3
+    out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32), blocked_pairs=False)
+    counts = op_counts(out)
+    assert counts[ops.BLOCKED_ADDRESS_CONV] == 8 and ops.BLOCKED_ADDRESS_CONV_PAIR not in counts
     out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32), blocked=False)
     counts = op_counts(out)
     assert counts[ops.ADDRESS_CONV] == 8 and counts["Conv"] == 1 and ops.BLOCKED_ADDRESS_CONV not in counts

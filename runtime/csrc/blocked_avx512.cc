@@ -14,8 +14,8 @@ namespace onnxopt {
 namespace {
 
 // R positions x F blocks of 16 output channels in 24 or fewer accumulators.  Per input channel:
-// F weight vectors, R broadcasts of the displaced input (one load each, the border makes every
-// read valid), R * F FMAs.  Fully unrolled so that gcc keeps the accumulators in registers (with
+// F weight vectors, R broadcasts of the displaced input (one load each from that channel's own
+// read pointer, the border makes every read valid), R * F FMAs.  Fully unrolled so that gcc keeps the accumulators in registers (with
 // plain loops it spilled them to the stack at the start of every tile: 5-10 % slower).
 template <int R, int F>
 void tile(const BlockedTile& t) {
@@ -28,10 +28,10 @@ void tile(const BlockedTile& t) {
   }
   const float* w = t.w;
   const std::int64_t ws = t.w_stride;
-  const std::int64_t ps = t.pos_stride;
+  const std::int64_t ps = t.pos_stride, first = t.first;
 #pragma GCC unroll 2
   for (int k = 0; k < t.k; ++k) {
-    const float* p = t.in + t.offset[k];
+    const float* p = t.src[k] + first;
     __m512 wv[F];
 #pragma GCC unroll 4
     for (int f = 0; f < F; ++f) wv[f] = _mm512_loadu_ps(w + f * ws + 16 * k);
@@ -42,21 +42,34 @@ void tile(const BlockedTile& t) {
       for (int f = 0; f < F; ++f) acc[r][f] = _mm512_fmadd_ps(v, wv[f], acc[r][f]);
     }
   }
-  if (t.residual) {
+  // Locals: the stores below may alias `t` as far as the compiler knows, which made it reload
+  // t.out before every store.
+  float* const out = t.out;
+  const float* const res = t.residual;
+  const std::int64_t os = t.out_stride;
+  if (res) {
 #pragma GCC unroll 4
     for (int f = 0; f < F; ++f) {
 #pragma GCC unroll 12
-      for (int r = 0; r < R; ++r)
-        acc[r][f] = _mm512_add_ps(acc[r][f], _mm512_loadu_ps(t.residual + f * t.out_stride + 16 * r));
+      for (int r = 0; r < R; ++r) acc[r][f] = _mm512_add_ps(acc[r][f], _mm512_loadu_ps(res + f * os + 16 * r));
     }
   }
-  const __m512 lo = _mm512_set1_ps(t.lo), hi = _mm512_set1_ps(t.hi);
+  // max then min, as in the NCHW kernels: a NaN sum stays NaN (the operands' order matters).  A
+  // bound at infinity changes no number and no NaN, so it is skipped.
+  if (t.lo != -__builtin_inff()) {
+    const __m512 lo = _mm512_set1_ps(t.lo);
 #pragma GCC unroll 4
-  for (int f = 0; f < F; ++f) {
+    for (int f = 0; f < F; ++f) {
 #pragma GCC unroll 12
-    for (int r = 0; r < R; ++r) {
-      // max then min, as in the NCHW kernels: a NaN sum stays NaN (the operands' order matters).
-      acc[r][f] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[r][f]));
+      for (int r = 0; r < R; ++r) acc[r][f] = _mm512_max_ps(lo, acc[r][f]);
+    }
+  }
+  if (t.hi != __builtin_inff()) {
+    const __m512 hi = _mm512_set1_ps(t.hi);
+#pragma GCC unroll 4
+    for (int f = 0; f < F; ++f) {
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) acc[r][f] = _mm512_min_ps(hi, acc[r][f]);
     }
   }
   if (t.last_lanes != 0xFFFF) {
@@ -66,7 +79,7 @@ void tile(const BlockedTile& t) {
 #pragma GCC unroll 4
   for (int f = 0; f < F; ++f) {
 #pragma GCC unroll 12
-    for (int r = 0; r < R; ++r) _mm512_storeu_ps(t.out + f * t.out_stride + 16 * r, acc[r][f]);
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + f * os + 16 * r, acc[r][f]);
   }
 }
 

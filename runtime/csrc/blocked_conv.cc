@@ -1,6 +1,8 @@
 #include "blocked_conv.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cstring>
 
 namespace onnxopt {
@@ -23,7 +25,7 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
       const float* res = t.residual ? t.residual + f * t.out_stride + kBlock * r : nullptr;
       for (int lane = 0; lane < kBlock; ++lane) {
         float acc = t.bias[kBlock * f + lane];
-        for (int k = 0; k < t.k; ++k) acc += t.in[t.offset[k] + r * t.pos_stride] * t.w[f * t.w_stride + kBlock * k + lane];
+        for (int k = 0; k < t.k; ++k) acc += t.src[k][t.first + r * t.pos_stride] * t.w[f * t.w_stride + kBlock * k + lane];
         if (res) acc += res[lane];
         if (acc == acc) acc = std::min(t.hi, std::max(t.lo, acc));  // a NaN sum stays NaN
         const bool real = f < f_count - 1 || ((t.last_lanes >> lane) & 1u);
@@ -90,6 +92,90 @@ struct RowItem {
 };
 
 void zero(float* p, std::int64_t n) { std::memset(p, 0, static_cast<std::size_t>(n) * sizeof(float)); }
+
+// Where one output row of a blocked conv goes: position 0's cell in block 0, blocks `stride`
+// apart, and the residual in the same layout.  The tensor form also zeroes the row's border cells
+// (and the top and bottom rows with the first and last row).
+struct OutRow {
+  float* out;
+  std::int64_t stride;
+  const float* residual = nullptr;
+  OutRow(float* row, std::int64_t block_stride) : out(row), stride(block_stride) {}
+  OutRow(float* y, const float* res, std::int64_t blocks, std::int64_t ho, std::int64_t wo, std::int64_t i)
+      : out(y + ((i + 1) * (wo + 2) + 1) * kBlock), stride((ho + 2) * (wo + 2) * kBlock),
+        residual(res ? res + ((i + 1) * (wo + 2) + 1) * kBlock : nullptr) {
+    const std::int64_t wop = wo + 2;
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      float* block = y + b * stride;
+      if (i == 0) zero(block, wop * kBlock);
+      if (i == ho - 1) zero(block + (ho + 1) * wop * kBlock, wop * kBlock);
+      zero(block + (i + 1) * wop * kBlock, kBlock);
+      zero(block + ((i + 1) * wop + wo + 1) * kBlock, kBlock);
+    }
+  }
+};
+
+// One blocked AddressConv as rows of tiles.  A source row is given per displacement dy in
+// {-1, 0, 1} as the cell of its position 0 in block 0, blocks `src_block_stride` apart.
+class StageRows {
+ public:
+  StageRows(const BlockedStage& st, std::int64_t out_width, std::int64_t src_block_stride, bool avx512)
+      : st_(st), plan_(plan_row(blocks_of(st.out_channels), out_width, st.k)), avx512_(avx512) {
+    const std::int64_t tail = st.out_channels % kBlock;
+    tail_lanes_ = tail ? static_cast<std::uint16_t>((1u << tail) - 1u) : 0xFFFF;
+    row_of_.resize(static_cast<std::size_t>(st.k));
+    within_.resize(static_cast<std::size_t>(st.k));
+    for (std::int64_t r = 0; r < st.k; ++r) {
+      const std::int64_t src = st.address[3 * r];
+      row_of_[static_cast<std::size_t>(r)] = st.address[3 * r + 1] + 1;
+      within_[static_cast<std::size_t>(r)] =
+          (src / kBlock) * src_block_stride + st.address[3 * r + 2] * kBlock + src % kBlock;
+    }
+  }
+
+  // Per input channel, its read for output position 0 of a row whose sources (dy = -1, 0, 1) are
+  // in[0..2]; a row `offset` floats further on reads src[k] + offset.
+  std::vector<const float*> reads(const float* const in[3]) const {
+    std::vector<const float*> src(row_of_.size());
+    for (std::size_t r = 0; r < row_of_.size(); ++r) src[r] = in[row_of_[r]] + within_[r];
+    return src;
+  }
+
+  void run(const std::vector<const float*>& src, std::int64_t offset, const OutRow& out) const {
+    const std::int64_t mb = blocks_of(st_.out_channels);
+    BlockedTile t;
+    t.k = static_cast<int>(st_.k);
+    t.src = src.data();
+    t.pos_stride = kBlock * st_.stride_w;
+    t.w_stride = st_.weights->stride();
+    t.out_stride = out.stride;
+    t.lo = st_.lo;
+    t.hi = st_.hi;
+    for (const Span& g : plan_.groups) {
+      t.w = st_.weights->block(g.first);
+      t.bias = st_.bias_padded + g.first * kBlock;
+      t.last_lanes = g.first + g.count == mb ? tail_lanes_ : 0xFFFF;
+      for (const Span& run : plan_.runs) {
+        const std::int64_t at = run.first * kBlock + g.first * out.stride;
+        t.first = offset + run.first * t.pos_stride;
+        t.out = out.out + at;
+        t.residual = out.residual ? out.residual + at : nullptr;
+        if (avx512_)
+          blocked_tile_avx512(run.count, g.count)(t);
+        else
+          portable_tile(t, run.count, g.count);
+      }
+    }
+  }
+
+ private:
+  BlockedStage st_;
+  RowPlan plan_;
+  bool avx512_;
+  std::uint16_t tail_lanes_;
+  std::vector<int> row_of_;
+  std::vector<std::int64_t> within_;
+};
 
 }  // namespace
 
@@ -166,58 +252,93 @@ void blocked_address_conv(const BlockedConvShape& s, const float* x, const Block
                           float clip_min, float clip_max, float* y, const GemmIsa& isa,
                           const ParallelFor& parallel_for) {
   const std::int64_t ho = s.out_height(), wo = s.out_width(), mb = blocks_of(s.out_channels);
-  const std::int64_t hp = s.height + 2, wp = s.width + 2, hop = ho + 2, wop = wo + 2;
-  const std::int64_t in_cell = hp * wp * kBlock, out_cell = hop * wop * kBlock;
+  const std::int64_t hp = s.height + 2, wp = s.width + 2, out_cell = (ho + 2) * (wo + 2) * kBlock;
   if (s.batch == 0 || mb == 0) return;
   if (ho == 0 || wo == 0) {
     zero(y, s.batch * mb * out_cell);
     return;
   }
-  std::vector<std::int64_t> offset(static_cast<std::size_t>(s.k));
-  for (std::int64_t r = 0; r < s.k; ++r) {
-    const std::int64_t src = address[3 * r];
-    offset[static_cast<std::size_t>(r)] =
-        (((src / kBlock) * hp + address[3 * r + 1]) * wp + address[3 * r + 2]) * kBlock + src % kBlock;
-  }
-  const RowPlan plan = plan_row(mb, wo, s.k);
-  const bool avx512 = use_avx512(isa);
-  const std::int64_t tail = s.out_channels % kBlock;
-  const std::uint16_t tail_lanes = tail ? static_cast<std::uint16_t>((1u << tail) - 1u) : 0xFFFF;
-
+  const BlockedStage stage{&weights, bias_padded, address, s.out_channels, s.k, s.stride_h, s.stride_w, clip_min, clip_max};
+  const StageRows rows(stage, wo, hp * wp * kBlock, use_avx512(isa));
+  const float* in[3];  // output row 0 of image 0 reads padded rows 0, 1, 2
+  for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * kBlock;
+  const std::vector<const float*> src = rows.reads(in);
   parallel_for(static_cast<std::size_t>(s.batch * ho), [&](std::size_t item) {
-    const std::int64_t i = static_cast<std::int64_t>(item) % ho;
-    const std::int64_t n = static_cast<std::int64_t>(item) / ho;
-    const float* xn = x + n * s.src_blocks * in_cell;
-    float* yn = y + n * mb * out_cell;
-    const float* rn = residual ? residual + n * mb * out_cell : nullptr;
-    for (std::int64_t b = 0; b < mb; ++b) {  // this row's border, and the top and bottom rows
-      float* block = yn + b * out_cell;
-      if (i == 0) zero(block, wop * kBlock);
-      if (i == ho - 1) zero(block + (hop - 1) * wop * kBlock, wop * kBlock);
-      zero(block + (i + 1) * wop * kBlock, kBlock);
-      zero(block + ((i + 1) * wop + wo + 1) * kBlock, kBlock);
-    }
-    BlockedTile t;
-    t.k = static_cast<int>(s.k);
-    t.offset = offset.data();
-    t.pos_stride = kBlock * s.stride_w;
-    t.w_stride = weights.stride();
-    t.out_stride = out_cell;
-    t.lo = clip_min;
-    t.hi = clip_max;
-    for (const Span& g : plan.groups) {
-      t.w = weights.block(g.first);
-      t.bias = bias_padded + g.first * kBlock;
-      t.last_lanes = g.first + g.count == mb ? tail_lanes : 0xFFFF;
-      for (const Span& run : plan.runs) {
-        const std::int64_t at = ((i + 1) * wop + run.first + 1) * kBlock + g.first * out_cell;
-        t.in = xn + ((i * s.stride_h + 1) * wp + run.first * s.stride_w + 1) * kBlock;
-        t.out = yn + at;
-        t.residual = rn ? rn + at : nullptr;
-        if (avx512)
-          blocked_tile_avx512(run.count, g.count)(t);
-        else
-          portable_tile(t, run.count, g.count);
+    const std::int64_t i = static_cast<std::int64_t>(item) % ho, n = static_cast<std::int64_t>(item) / ho;
+    OutRow out(y + n * mb * out_cell, residual ? residual + n * mb * out_cell : nullptr, mb, ho, wo, i);
+    rows.run(src, (n * s.src_blocks * hp + i * s.stride_h) * wp * kBlock, out);
+  });
+}
+
+void blocked_address_conv_pair(const BlockedPairShape& s, const float* x, const BlockedStage& first,
+                               const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
+                               const ParallelFor& parallel_for) {
+  const std::int64_t h1 = (s.height + first.stride_h - 1) / first.stride_h;
+  const std::int64_t w1 = (s.width + first.stride_w - 1) / first.stride_w;
+  const std::int64_t h2 = (h1 + second.stride_h - 1) / second.stride_h;
+  const std::int64_t w2 = (w1 + second.stride_w - 1) / second.stride_w;
+  const std::int64_t mb1 = blocks_of(first.out_channels), mb2 = blocks_of(second.out_channels);
+  const std::int64_t hp = s.height + 2, wp = s.width + 2, in_cell = hp * wp * kBlock;
+  const std::int64_t slot_row = (w1 + 2) * kBlock, slot = mb1 * slot_row, out_cell = (h2 + 2) * (w2 + 2) * kBlock;
+  if (s.batch == 0 || mb2 == 0) return;
+  if (h2 == 0 || w2 == 0) {
+    zero(y, s.batch * mb2 * out_cell);
+    return;
+  }
+  const bool avx512 = use_avx512(isa);
+  const StageRows rows1(first, w1, in_cell, avx512), rows2(second, w2, slot_row, avx512);
+  const float* in[3];  // the first conv's row 0 of image 0 reads padded rows 0, 1, 2 of X
+  for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * kBlock;
+  const std::vector<const float*> src1 = rows1.reads(in);
+  // Rows of the output are claimed G at a time by whichever call of `fn` gets there first.  A call
+  // keeps the first conv's last three rows in a ring (slot r % 3 holds row r; a fourth slot stays
+  // zero for rows outside the image) and computes each of them once while its claims are
+  // contiguous, as they all are on one thread; a claim that does not continue the previous one
+  // restarts the ring.  The values do not depend on who computes them.
+  const std::int64_t total = s.batch * h2, claim = 8;
+  std::atomic<std::int64_t> next{0};
+  const std::size_t calls = static_cast<std::size_t>(std::min<std::int64_t>((total + claim - 1) / claim, 64));
+  parallel_for(calls, [&](std::size_t) {
+    std::unique_ptr<float[]> ring;
+    // The second conv's reads per phase (i * stride) % 3 of its row i, all three rows inside.
+    std::vector<const float*> phase[3];
+    std::int64_t image = -1, computed = -1;  // rows 0..computed of the first conv are in the ring
+    for (;;) {
+      const std::int64_t start = next.fetch_add(claim);
+      if (start >= total) break;
+      if (!ring) {  // slots 0-2 need zero border cells only (rows are written whole), slot 3 all
+        ring.reset(new float[static_cast<std::size_t>(4 * slot)]);
+        for (std::int64_t b = 0; b < 3 * mb1; ++b) {
+          zero(ring.get() + b * slot_row, kBlock);
+          zero(ring.get() + (b + 1) * slot_row - kBlock, kBlock);
+        }
+        zero(ring.get() + 3 * slot, slot);
+        for (int p = 0; p < 3; ++p) {
+          const float* mid[3];
+          for (int d = 0; d < 3; ++d) mid[d] = ring.get() + (p + d + 2) % 3 * slot + kBlock;
+          phase[p] = rows2.reads(mid);
+        }
+      }
+      for (std::int64_t item = start; item < std::min(start + claim, total); ++item) {
+        const std::int64_t i = item % h2, n = item / h2;
+        const std::int64_t lo_row = i * second.stride_h - 1, hi_row = std::min(h1 - 1, i * second.stride_h + 1);
+        if (n != image || computed < lo_row - 1 || computed > hi_row) computed = std::max<std::int64_t>(lo_row, 0) - 1;
+        image = n;
+        for (std::int64_t r = computed + 1; r <= hi_row; ++r)
+          rows1.run(src1, (n * s.src_blocks * hp + r * first.stride_h) * wp * kBlock,
+                    OutRow(ring.get() + (r % 3) * slot + kBlock, slot_row));
+        computed = std::max(computed, hi_row);
+        const OutRow out(y + n * mb2 * out_cell, residual ? residual + n * mb2 * out_cell : nullptr, mb2, h2, w2, i);
+        if (lo_row >= 0 && lo_row + 2 < h1) {
+          rows2.run(phase[(lo_row + 1) % 3], 0, out);
+        } else {  // a row at the edge: the rows outside read the zero slot
+          const float* mid[3];
+          for (int d = 0; d < 3; ++d) {
+            const std::int64_t r = lo_row + d;
+            mid[d] = ring.get() + (r >= 0 && r < h1 ? r % 3 : 3) * slot + kBlock;
+          }
+          rows2.run(rows2.reads(mid), 0, out);
+        }
       }
     }
   });

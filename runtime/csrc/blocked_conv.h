@@ -65,13 +65,33 @@ void blocked_address_conv(const BlockedConvShape& shape, const float* x, const B
                           float clip_min, float clip_max, float* y, const GemmIsa& isa,
                           const ParallelFor& parallel_for);
 
+// One blocked AddressConv of a pair: W as packed blocks, bias padded to whole blocks, the [k, 3]
+// address table (valid for its source, see validate_blocked_addresses), strides, clip.
+struct BlockedStage {
+  const BlockedWeights* weights;
+  const float* bias_padded;
+  const std::int32_t* address;
+  std::int64_t out_channels, k, stride_h, stride_w;
+  float lo, hi;
+};
+struct BlockedPairShape {
+  std::int64_t batch = 0, src_blocks = 0, height = 0, width = 0;  // of X (unpadded H, W)
+};
+
+// y = second(first(x)) (+ residual, inside second's clip), both blocked AddressConvs as above,
+// without storing first's output: it lives in a ring of three rows per thread, each row computed
+// once.  Bit-identical to the two convs one after the other.
+void blocked_address_conv_pair(const BlockedPairShape& shape, const float* x, const BlockedStage& first,
+                               const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
+                               const ParallelFor& parallel_for);
+
 // ---- per-ISA inner loops (blocked_avx512.cc) ----
 
 // One tile: R output positions x F channel blocks.  See blocked_tile_avx512().
 struct BlockedTile {
   int k;
-  const std::int64_t* offset;  // per input channel: its read's offset (floats) from `in`
-  const float* in;             // the tile's first output position, mapped into X
+  const float* const* src;     // per input channel: its read for the row's output position 0
+  std::int64_t first;          // floats from those reads to the tile's first position's
   std::int64_t pos_stride;     // floats between consecutive positions' reads (16 * stride_w)
   const float* w;              // F blocks of [k][16], w_stride apart
   std::int64_t w_stride;

@@ -66,11 +66,12 @@ OrtStatusPtr FromBlockedOp::CreateKernelV2(const OrtApi& api, const OrtKernelInf
 
 const char* FromBlockedOp::GetName() const { return kFromBlocked; }
 
-BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info)
-    : api_(api), isa_(gemm_isa()) {
-  fail_if(kBlockedAddressConv, address_conv_attrs(1, ints_attr(api, info, "strides", {1, 1}), attrs_));
-  fail_if(kBlockedAddressConv, clip_attrs(api, info, clip_min_, clip_max_));
-  if (const Ort::ConstValue wv = constant_input(api, info, address_conv_in::kW)) {
+BlockedStageInputs::BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* info, const char* op,
+                                       const std::string& prefix, std::size_t w, std::size_t b, std::size_t address)
+    : op_(op), w_(w), b_(b), address_(address) {
+  fail_if(op, address_conv_attrs(1, ints_attr(api, info, (prefix + "strides").c_str(), {1, 1}), attrs_));
+  fail_if(op, clip_attrs(api, info, clip_min_, clip_max_, prefix));
+  if (const Ort::ConstValue wv = constant_input(api, info, w)) {
     const std::vector<std::int64_t> d = wv.GetTensorTypeAndShapeInfo().GetShape();
     if (d.size() == 4 && d[2] == 1 && d[3] == 1 && d[0] > 0 && d[1] > 0) {
       constant_w_dims_ = d;
@@ -79,61 +80,78 @@ BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtK
   }
 }
 
-void BlockedAddressConvKernel::Compute(OrtKernelContext* context) {
-  using namespace address_conv_in;
-  Ort::KernelContext ctx(context);
-  const Ort::ConstValue x = ctx.GetInput(kX), w = ctx.GetInput(kW), b = ctx.GetInput(kB),
-                        address = ctx.GetInput(kAddress);
-  if (!x || !w || !address) fail_if(kBlockedAddressConv, "inputs X, W and address are required");
-  const std::vector<std::int64_t> xd = x.GetTensorTypeAndShapeInfo().GetShape();
+BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_blocks) {
+  const Ort::ConstValue w = ctx.GetInput(w_), b = ctx.GetInput(b_), address = ctx.GetInput(address_);
+  if (!w || !address) fail_if(op_, "inputs W and address are required");
   const std::vector<std::int64_t> wd = w.GetTensorTypeAndShapeInfo().GetShape();
   const auto ainfo = address.GetTensorTypeAndShapeInfo();
   const std::vector<std::int64_t> ad = ainfo.GetShape();
-  fail_if(kBlockedAddressConv, check_blocked("X", xd));
-  if (ainfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
-    fail_if(kBlockedAddressConv, "address must be int32");
-  if (ad.size() != 2 || ad[1] != 3)
-    fail_if(kBlockedAddressConv, "address must have shape [K, 3], got " + dims_str(ad));
+  if (ainfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) fail_if(op_, "address must be int32");
+  if (ad.size() != 2 || ad[1] != 3) fail_if(op_, "address must have shape [K, 3], got " + dims_str(ad));
   if (wd.size() != 4 || wd[1] != ad[0] || wd[2] != 1 || wd[3] != 1)
-    fail_if(kBlockedAddressConv,
-            "W must have shape [Cout, K, 1, 1] = [Cout, " + std::to_string(ad[0]) + ", 1, 1], got " + dims_str(wd));
+    fail_if(op_, "W must have shape [Cout, K, 1, 1] = [Cout, " + std::to_string(ad[0]) + ", 1, 1], got " + dims_str(wd));
+  std::vector<std::int64_t> bd;
+  if (b) bd = b.GetTensorTypeAndShapeInfo().GetShape();
+  fail_if(op_, check_bias(b ? &bd : nullptr, wd[0]));
+  const std::int32_t* a = address.GetTensorData<std::int32_t>();
+  fail_if(op_, validate_blocked_addresses(a, ad[0], src_blocks));
+  bias_.assign(static_cast<std::size_t>(blocks_of(wd[0]) * kBlock), 0.0f);
+  if (b) std::copy(b.GetTensorData<float>(), b.GetTensorData<float>() + wd[0], bias_.begin());
+  const BlockedWeights* weights = &packed_;
+  if (packed_.empty() || wd != constant_w_dims_) {
+    per_run_ = BlockedWeights(w.GetTensorData<float>(), wd[0], ad[0]);
+    weights = &per_run_;
+  }
+  return {weights, bias_.data(), a, wd[0], ad[0], attrs_.stride_h, attrs_.stride_w, clip_min_, clip_max_};
+}
+
+namespace {
+
+// The residual input `index` when given: it must have the output's shape `yd`.
+const float* residual_input(Ort::KernelContext& ctx, std::size_t index, const std::vector<std::int64_t>& yd,
+                            const char* op) {
+  if (ctx.GetInputCount() <= index) return nullptr;
+  const Ort::ConstValue r = ctx.GetInput(index);
+  if (!r) return nullptr;
+  const std::vector<std::int64_t> rd = r.GetTensorTypeAndShapeInfo().GetShape();
+  if (rd != yd) fail_if(op, "residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rd));
+  return r.GetTensorData<float>();
+}
+
+std::vector<std::int64_t> checked_x(const Ort::ConstValue& x, const char* op) {
+  if (!x) fail_if(op, "input X is required");
+  std::vector<std::int64_t> xd = x.GetTensorTypeAndShapeInfo().GetShape();
+  fail_if(op, check_blocked("X", xd));
+  return xd;
+}
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info)
+    : api_(api), isa_(gemm_isa()),
+      conv_(api, info, kBlockedAddressConv, "", address_conv_in::kW, address_conv_in::kB, address_conv_in::kAddress) {}
+
+void BlockedAddressConvKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  const Ort::ConstValue x = ctx.GetInput(address_conv_in::kX);
+  const std::vector<std::int64_t> xd = checked_x(x, kBlockedAddressConv);
+  const BlockedStage st = conv_.read(ctx, xd[1]);
   BlockedConvShape s;
   s.batch = xd[0];
   s.src_blocks = xd[1];
   s.height = xd[2] - 2;
   s.width = xd[3] - 2;
-  s.out_channels = wd[0];
-  s.k = ad[0];
-  s.stride_h = attrs_.stride_h;
-  s.stride_w = attrs_.stride_w;
-  std::vector<std::int64_t> bd;
-  if (b) bd = b.GetTensorTypeAndShapeInfo().GetShape();
-  fail_if(kBlockedAddressConv, check_bias(b ? &bd : nullptr, s.out_channels));
-  const std::int32_t* a = address.GetTensorData<std::int32_t>();
-  fail_if(kBlockedAddressConv, validate_blocked_addresses(a, s.k, s.src_blocks));
-
+  s.out_channels = st.out_channels;
+  s.k = st.k;
+  s.stride_h = st.stride_h;
+  s.stride_w = st.stride_w;
   const std::vector<std::int64_t> yd = {s.batch, blocks_of(s.out_channels), s.out_height() + 2, s.out_width() + 2,
                                         kBlock};
-  const float* residual = nullptr;
-  if (ctx.GetInputCount() > kResidual) {
-    const Ort::ConstValue r = ctx.GetInput(kResidual);
-    if (r) {
-      const std::vector<std::int64_t> rd = r.GetTensorTypeAndShapeInfo().GetShape();
-      if (rd != yd)
-        fail_if(kBlockedAddressConv, "residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rd));
-      residual = r.GetTensorData<float>();
-    }
-  }
-  std::vector<float> bias(static_cast<std::size_t>(yd[1] * kBlock), 0.0f);
-  if (b) std::copy(b.GetTensorData<float>(), b.GetTensorData<float>() + s.out_channels, bias.begin());
-  BlockedWeights per_run;
-  const BlockedWeights* weights = &packed_;
-  if (packed_.empty() || wd != constant_w_dims_) {
-    per_run = BlockedWeights(w.GetTensorData<float>(), s.out_channels, s.k);
-    weights = &per_run;
-  }
+  const float* residual = residual_input(ctx, address_conv_in::kResidual, yd, kBlockedAddressConv);
   Ort::UnownedValue y = ctx.GetOutput(0, yd);
-  blocked_address_conv(s, x.GetTensorData<float>(), *weights, bias.data(), a, residual, clip_min_, clip_max_,
+  blocked_address_conv(s, x.GetTensorData<float>(), *st.weights, st.bias_padded, st.address, residual, st.lo, st.hi,
                        y.GetTensorMutableData<float>(), isa_, ort_parallel_for(ctx));
 }
 
@@ -155,6 +173,52 @@ ONNXTensorElementDataType BlockedAddressConvOp::GetInputType(std::size_t index) 
 OrtCustomOpInputOutputCharacteristic BlockedAddressConvOp::GetInputCharacteristic(std::size_t index) const {
   return index == address_conv_in::kB || index == address_conv_in::kResidual ? INPUT_OUTPUT_OPTIONAL
                                                                             : INPUT_OUTPUT_REQUIRED;
+}
+
+namespace pair_in {
+inline constexpr std::size_t kX = 0, kW1 = 1, kB1 = 2, kAddress1 = 3, kW2 = 4, kB2 = 5, kAddress2 = 6, kResidual = 7;
+}
+
+BlockedAddressConvPairKernel::BlockedAddressConvPairKernel(const OrtApi& api, const OrtKernelInfo* info)
+    : api_(api), isa_(gemm_isa()),
+      first_(api, info, kBlockedAddressConvPair, "first_", pair_in::kW1, pair_in::kB1, pair_in::kAddress1),
+      second_(api, info, kBlockedAddressConvPair, "", pair_in::kW2, pair_in::kB2, pair_in::kAddress2) {}
+
+void BlockedAddressConvPairKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  const Ort::ConstValue x = ctx.GetInput(pair_in::kX);
+  const std::vector<std::int64_t> xd = checked_x(x, kBlockedAddressConvPair);
+  const BlockedStage a = first_.read(ctx, xd[1]);
+  const BlockedStage b = second_.read(ctx, blocks_of(a.out_channels));
+  const BlockedPairShape s{xd[0], xd[1], xd[2] - 2, xd[3] - 2};
+  const std::int64_t h2 = ceil_div(ceil_div(s.height, a.stride_h), b.stride_h);
+  const std::int64_t w2 = ceil_div(ceil_div(s.width, a.stride_w), b.stride_w);
+  const std::vector<std::int64_t> yd = {s.batch, blocks_of(b.out_channels), h2 + 2, w2 + 2, kBlock};
+  const float* residual = residual_input(ctx, pair_in::kResidual, yd, kBlockedAddressConvPair);
+  Ort::UnownedValue y = ctx.GetOutput(0, yd);
+  blocked_address_conv_pair(s, x.GetTensorData<float>(), a, b, residual, y.GetTensorMutableData<float>(), isa_,
+                            ort_parallel_for(ctx));
+}
+
+OrtStatusPtr BlockedAddressConvPairKernel::ComputeV2(OrtKernelContext* context) {
+  return cpu_status(api_, true, [&] { Compute(context); });
+}
+
+OrtStatusPtr BlockedAddressConvPairOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
+                                                      void** kernel) const {
+  return cpu_status(api, false, [&] { *kernel = new BlockedAddressConvPairKernel(api, info); });
+}
+
+const char* BlockedAddressConvPairOp::GetName() const { return kBlockedAddressConvPair; }
+
+ONNXTensorElementDataType BlockedAddressConvPairOp::GetInputType(std::size_t index) const {
+  return index == pair_in::kAddress1 || index == pair_in::kAddress2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
+                                                                    : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+OrtCustomOpInputOutputCharacteristic BlockedAddressConvPairOp::GetInputCharacteristic(std::size_t index) const {
+  return index == pair_in::kB1 || index == pair_in::kB2 || index == pair_in::kResidual ? INPUT_OUTPUT_OPTIONAL
+                                                                                       : INPUT_OUTPUT_REQUIRED;
 }
 
 }  // namespace onnxopt

@@ -1,5 +1,5 @@
-// onnxruntime custom ops of the blocked layout (blocked_conv.h): ToBlocked, FromBlocked and
-// BlockedAddressConv.  Their ONNX-function fallbacks are in runtime/functions.py.
+// onnxruntime custom ops of the blocked layout (blocked_conv.h): ToBlocked, FromBlocked,
+// BlockedAddressConv and BlockedAddressConvPair.  Their ONNX-function fallbacks are in runtime/functions.py.
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -7,6 +7,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "blocked_conv.h"
@@ -51,6 +52,26 @@ struct FromBlockedOp : FloatOutputOp<FromBlockedOp, FromBlockedKernel> {
   ONNXTensorElementDataType GetInputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+// One blocked AddressConv's W, B and address inputs (at the given input indices) and attributes
+// strides, clip_min, clip_max (names after `prefix`): W packed once when it is an initializer.
+class BlockedStageInputs {
+ public:
+  BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* info, const char* op, const std::string& prefix,
+                     std::size_t w, std::size_t b, std::size_t address);
+  // This run's stage reading a source of `src_blocks` stored blocks (checks shapes and addresses;
+  // pointers valid until the next call).
+  BlockedStage read(Ort::KernelContext& ctx, std::int64_t src_blocks);
+
+ private:
+  const char* op_;
+  std::size_t w_, b_, address_;
+  AddressConvAttrs attrs_;
+  float clip_min_ = -std::numeric_limits<float>::infinity(), clip_max_ = std::numeric_limits<float>::infinity();
+  std::vector<std::int64_t> constant_w_dims_;
+  BlockedWeights packed_, per_run_;
+  std::vector<float> bias_;
+};
+
 // BlockedAddressConv: AddressConv (group 1, displacements in [-1, 1]) on blocked tensors.
 // Inputs: Xb [N, Cb, H + 2, W + 2, 16], W [Cout, K, 1, 1], optional B [Cout], address [K, 3] int32,
 // optional residual (the output's shape).  Attributes strides, clip_min, clip_max as AddressConv.
@@ -65,18 +86,40 @@ class BlockedAddressConvKernel {
 
   const OrtApi& api_;
   const GemmIsa& isa_;
-  AddressConvAttrs attrs_;
-  float clip_min_ = -std::numeric_limits<float>::infinity(), clip_max_ = std::numeric_limits<float>::infinity();
-  std::vector<std::int64_t> constant_w_dims_;
-  BlockedWeights packed_;
+  BlockedStageInputs conv_;
 };
 
 struct BlockedAddressConvOp : FloatOutputOp<BlockedAddressConvOp, BlockedAddressConvKernel> {
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const;
   std::size_t GetInputTypeCount() const { return 5; }
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
+};
+
+// BlockedAddressConvPair: BlockedAddressConv(BlockedAddressConv(Xb, W1, B1, address1), W2, B2,
+// address2, residual) without storing the inner result (blocked_address_conv_pair()).  Inputs Xb,
+// W1, B1, address1, W2, B2, address2, optional residual; attributes first_strides,
+// first_clip_min, first_clip_max of the inner conv, strides, clip_min, clip_max of the outer.
+class BlockedAddressConvPairKernel {
+ public:
+  BlockedAddressConvPairKernel(const OrtApi& api, const OrtKernelInfo* info);
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  void Compute(OrtKernelContext* context);
+
+  const OrtApi& api_;
+  const GemmIsa& isa_;
+  BlockedStageInputs first_, second_;
+};
+
+struct BlockedAddressConvPairOp : FloatOutputOp<BlockedAddressConvPairOp, BlockedAddressConvPairKernel> {
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+  const char* GetName() const;
+  std::size_t GetInputTypeCount() const { return 8; }
+  ONNXTensorElementDataType GetInputType(std::size_t index) const;
 };
 
 }  // namespace onnxopt

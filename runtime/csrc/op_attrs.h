@@ -88,14 +88,15 @@ inline Ort::ConstValue constant_input(const OrtApi& api, const OrtKernelInfo* in
   return Ort::ConstValue(is_constant ? value : nullptr);
 }
 
-// Attributes clip_min and clip_max (defaults -inf / +inf, kept where absent): an interval, else
-// what is wrong.
-inline std::string clip_attrs(const OrtApi& api, const OrtKernelInfo* info, float& lo, float& hi) {
-  lo = float_attr(api, info, "clip_min", lo);
-  hi = float_attr(api, info, "clip_max", hi);
+// Attributes <prefix>clip_min and <prefix>clip_max (defaults -inf / +inf, kept where absent): an
+// interval, else what is wrong.
+inline std::string clip_attrs(const OrtApi& api, const OrtKernelInfo* info, float& lo, float& hi,
+                              const std::string& prefix = "") {
+  lo = float_attr(api, info, (prefix + "clip_min").c_str(), lo);
+  hi = float_attr(api, info, (prefix + "clip_max").c_str(), hi);
   if (lo != lo || hi != hi || lo > hi)
-    return "attributes clip_min = " + std::to_string(lo) + " and clip_max = " + std::to_string(hi) +
-           " are not an interval";
+    return "attributes " + prefix + "clip_min = " + std::to_string(lo) + " and " + prefix +
+           "clip_max = " + std::to_string(hi) + " are not an interval";
   return {};
 }
 

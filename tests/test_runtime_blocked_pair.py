@@ -1,0 +1,113 @@
+"""BlockedAddressConvPair: two blocked AddressConvs in one op (the inner result lives in a ring of
+rows). Checked bit for bit against the same two convs as BlockedAddressConv nodes, raw blocked
+output included (border and padding lanes), at 1 and 2 threads, and against its ONNX-function
+fallback."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxopt.runtime import ops
+from onnxopt.runtime.functions import add_functions
+
+from test_runtime_blocked import needs_lib, run
+
+
+def _conv(rng, csrc, k, cout, max_d=1):
+    address = np.stack([rng.integers(0, csrc, k), rng.integers(-max_d, max_d + 1, k),
+                        rng.integers(-max_d, max_d + 1, k)], axis=1).astype(np.int32)
+    return (rng.standard_normal((cout, k, 1, 1)).astype(np.float32),
+            rng.standard_normal(cout).astype(np.float32), address)
+
+
+def pair_models(x_shape, first, second, first_attrs, attrs, residual_shape=None):
+    """(pair, chain): X -> ToBlocked -> BlockedAddressConvPair (or two BlockedAddressConvs), raw
+    blocked output Y; R -> ToBlocked -> the residual when ``residual_shape``."""
+    inits = []
+    for tag, (w, b, a) in (("1", first), ("2", second)):
+        inits += [onnx.numpy_helper.from_array(w, "W" + tag), onnx.numpy_helper.from_array(b, "B" + tag),
+                  onnx.numpy_helper.from_array(a, "address" + tag)]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))]
+    head = [helper.make_node(ops.TO_BLOCKED, ["X"], ["Xb"], domain=ops.DOMAIN)]
+    res = []
+    if residual_shape is not None:
+        graph_inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, list(residual_shape)))
+        head.append(helper.make_node(ops.TO_BLOCKED, ["R"], ["Rb"], domain=ops.DOMAIN))
+        res = ["Rb"]
+    pair = helper.make_node(ops.BLOCKED_ADDRESS_CONV_PAIR,
+                            ["Xb", "W1", "B1", "address1", "W2", "B2", "address2"] + res, ["Y"], domain=ops.DOMAIN,
+                            **{"first_" + k: v for k, v in first_attrs.items()}, **attrs)
+    chain = [helper.make_node(ops.BLOCKED_ADDRESS_CONV, ["Xb", "W1", "B1", "address1"], ["M"], domain=ops.DOMAIN,
+                              **first_attrs),
+             helper.make_node(ops.BLOCKED_ADDRESS_CONV, ["M", "W2", "B2", "address2"] + res, ["Y"],
+                              domain=ops.DOMAIN, **attrs)]
+    models = []
+    for body in ([pair], chain):
+        graph = helper.make_graph(head + body, "pair", graph_inputs,
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+        model.ir_version = 10
+        models.append(add_functions(model))
+    return models
+
+
+# (N, C, mid, Cout, H, W, first stride, second stride, residual, clips): tails off multiples of 16,
+# rows of 1..33 positions, strides on either conv, batch > 1, more images than one claim of rows.
+CASES = [
+    (1, 32, 96, 32, 8, 8, 1, 1, True, True), (2, 16, 48, 16, 5, 7, 1, 1, True, False),
+    (1, 20, 40, 24, 9, 13, 1, 2, False, True), (1, 32, 96, 64, 32, 32, 1, 2, False, True),
+    (3, 7, 5, 3, 4, 6, 2, 1, True, True), (1, 48, 100, 48, 6, 33, 1, 1, True, False),
+    (1, 3, 1, 2, 1, 1, 1, 1, False, False), (2, 24, 40, 17, 11, 10, 2, 2, False, True),
+    (5, 16, 32, 16, 3, 4, 1, 1, True, True), (1, 64, 192, 64, 16, 16, 1, 1, True, True),
+]
+
+
+def _case(shape, seed=0):
+    n, c, mid, cout, h, w, s1, s2, residual, clips = shape
+    rng = np.random.default_rng(seed)
+    first = _conv(rng, c, c + 3, mid)
+    second = _conv(rng, mid, mid, cout)
+    h1, w1 = -(-h // s1), -(-w // s1)
+    ho, wo = -(-h1 // s2), -(-w1 // s2)
+    first_attrs = {"strides": [s1, s1]}
+    attrs = {"strides": [s2, s2]}
+    if clips:
+        first_attrs.update(clip_min=0.0)
+        attrs.update(clip_min=-0.5, clip_max=2.0)
+    feeds = {"X": rng.standard_normal((n, c, h, w)).astype(np.float32)}
+    if residual:
+        feeds["R"] = rng.standard_normal((n, cout, ho, wo)).astype(np.float32)
+    models = pair_models((n, c, h, w), first, second, first_attrs, attrs, (n, cout, ho, wo) if residual else None)
+    return models, feeds
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", CASES)
+def test_pair_is_the_two_convs_bit_for_bit(shape):
+    (pair, chain), feeds = _case(shape)
+    want = run(chain, feeds)
+    for threads in (1, 2):
+        got = run(pair, feeds, threads=threads)
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", CASES[:4])
+def test_pair_fallback_matches_the_kernel(shape):
+    (pair, _), feeds = _case(shape, seed=1)
+    got = run(pair, feeds, custom_ops=False)
+    np.testing.assert_allclose(got, run(pair, feeds), rtol=1e-4, atol=1e-4)
+
+
+@needs_lib
+def test_pair_rejects_an_address_past_the_inner_channels():
+    rng = np.random.default_rng(2)
+    first, second = _conv(rng, 16, 16, 20), _conv(rng, 20, 8, 16)
+    second[2][3, 0] = 32  # the inner result stores 2 blocks = 32 channels
+    (pair, _) = pair_models((1, 16, 4, 4), first, second, {}, {})
+    with pytest.raises(Exception, match=r"BlockedAddressConvPair: address\[3, 0\] = 32 is not a channel"):
+        run(pair, {"X": np.zeros((1, 16, 4, 4), np.float32)})
