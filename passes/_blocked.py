@@ -161,6 +161,105 @@ def block_chains(graph: gs.Graph) -> tuple[int, int]:
     return moved, conversions
 
 
+MAX_ENTRY_K = 256
+
+
+def _sole_user(graph: gs.Graph, t: gs.Tensor, node: gs.Node) -> bool:
+    users = ir.consumers(t)
+    return not ir.is_graph_output(graph, t) and len(users) == 1 and users[0] is node
+
+
+def _entry_conv(graph: gs.Graph, to_blocked: gs.Node):
+    """(Conv, Relu or None) computing ToBlocked's input alone, when the Conv is an AddressConv in
+    disguise: group 1, no dilation, an odd kernel of at most 3x3 with "same" pads, constant weights
+    and at most MAX_ENTRY_K input taps (channels x kernel positions)."""
+    t = to_blocked.inputs[0]
+    relu = ir.producer(t)
+    if relu is not None and relu.op == "Relu" and _sole_user(graph, t, to_blocked):
+        t, user = relu.inputs[0], relu
+    else:
+        relu, user = None, to_blocked
+    conv = ir.producer(t)
+    if conv is None or conv.op != "Conv" or not _sole_user(graph, t, user) or len(conv.inputs) < 2:
+        return None
+    w = ir.const_value(conv.inputs[1])
+    b = ir.const_value(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2].name else None
+    if w is None or w.ndim != 4 or (len(conv.inputs) > 2 and conv.inputs[2].name and b is None):
+        return None
+    kh, kw = w.shape[2:]
+    a = conv.attrs
+    if int(a.get("group", 1)) != 1 or list(a.get("dilations", [1, 1])) != [1, 1] \
+            or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or kh % 2 == 0 or kw % 2 == 0 \
+            or kh > 3 or kw > 3 or list(a.get("pads", [0, 0, 0, 0])) != [kh // 2, kw // 2, kh // 2, kw // 2] \
+            or w.shape[1] * kh * kw > MAX_ENTRY_K:
+        return None
+    return conv, relu
+
+
+def absorb_entry_convs(graph: gs.Graph) -> int:
+    """A small "same" Conv (+ Relu) whose result only enters the blocked layout becomes a
+    BlockedAddressConv after the ToBlocked: one address row (c, ky - kh/2, kx - kw/2) per input tap,
+    the weights reshaped to [Cout, C·kh·kw, 1, 1]; returns how many.
+
+    Why: a ShiftNet's stem (3x3, 3 -> w channels) ran in onnxruntime's NCHWc layout, went back to
+    NCHW (ReorderOutput) and then blocked (ToBlocked): three passes over its output where blocking
+    the 3-channel image and running the conv blocked (K = 27) makes one."""
+    count = 0
+    for tb in [n for n in graph.nodes if n.op == ops.TO_BLOCKED and n.domain == ops.DOMAIN]:
+        found = _entry_conv(graph, tb)
+        if found is None:
+            continue
+        conv, relu = found
+        x, w = conv.inputs[0], ir.const_value(conv.inputs[1])
+        cout, cin, kh, kw = w.shape
+        address = np.array([(c, ky - kh // 2, kx - kw // 2) for c in range(cin) for ky in range(kh)
+                            for kx in range(kw)], np.int32)
+        name = conv.name or tb.name
+        weight = gs.Constant(f"{name}/blocked_w", np.ascontiguousarray(w.reshape(cout, cin * kh * kw, 1, 1)))
+        bias = conv.inputs[2] if len(conv.inputs) > 2 and conv.inputs[2].name else gs.Variable.empty()
+        xb = gs.Variable(f"{x.name}/blocked", np.float32, _blocked_shape(x.shape))
+        out = tb.outputs[0]
+        attrs = {"strides": list(conv.attrs.get("strides", [1, 1]))}
+        if relu is not None:
+            attrs["clip_min"] = 0.0
+        for n in (tb, conv) + ((relu,) if relu is not None else ()):
+            n.inputs.clear()
+            n.outputs.clear()
+        graph.nodes.append(gs.Node(ops.TO_BLOCKED, name=f"{x.name}/to_blocked", domain=ops.DOMAIN,
+                                   inputs=[x], outputs=[xb]))
+        graph.nodes.append(gs.Node(ops.BLOCKED_ADDRESS_CONV, name=name, domain=ops.DOMAIN, attrs=attrs,
+                                   inputs=[xb, weight, bias, gs.Constant(f"{name}/address", address)],
+                                   outputs=[out]))
+        count += 1
+    if count:
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return count
+
+
+def pool_exits(graph: gs.Graph) -> int:
+    """FromBlocked -> GlobalAveragePool (FromBlocked's result read by nothing else) becomes one
+    BlockedGlobalAveragePool, which reads each blocked cell once and writes only the means; returns
+    how many."""
+    count = 0
+    for fb in [n for n in graph.nodes if n.op == ops.FROM_BLOCKED and n.domain == ops.DOMAIN]:
+        t = fb.outputs[0]
+        users = ir.consumers(t)
+        if ir.is_graph_output(graph, t) or len(users) != 1 or users[0].op != "GlobalAveragePool":
+            continue
+        pool = users[0]
+        xb, out = fb.inputs[0], pool.outputs[0]
+        for n in (fb, pool):
+            n.inputs.clear()
+            n.outputs.clear()
+        graph.nodes.append(gs.Node(ops.BLOCKED_GLOBAL_AVERAGE_POOL, name=pool.name or f"{t.name}/pool",
+                                   domain=ops.DOMAIN, attrs={"channels": int(fb.attrs["channels"])},
+                                   inputs=[xb], outputs=[out]))
+        count += 1
+    if count:
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return count
+
+
 def _has_residual(node: gs.Node) -> bool:
     return len(node.inputs) > 4 and bool(node.inputs[4].name)
 

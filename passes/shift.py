@@ -95,7 +95,7 @@ from onnxopt.passmanager import PassContext, PassResult, register
 from onnxopt.runtime import library_path, ops
 from onnxopt.runtime.functions import MIN_OPSET
 
-from ._blocked import block_chains, pair_convs
+from ._blocked import absorb_entry_convs, block_chains, pair_convs, pool_exits
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,8 @@ class ShiftPass:
         self.blocked_pairs = self.blocked and bool(ctx.option("blocked_pairs", True))
         self.counts = {"address_convs": 0, "shifts_folded": 0, "permutations_to_gather": 0,
                        "weights_permuted": 0, "depthwise_commuted": 0, "residuals_fused": 0, "activations_fused": 0,
-                       "chained_convs": 0, "blocked_convs": 0, "layout_conversions": 0, "blocked_pairs": 0}
+                       "chained_convs": 0, "blocked_convs": 0, "layout_conversions": 0, "blocked_pairs": 0,
+                       "entry_convs_blocked": 0, "pools_blocked": 0}
         # Slice bounds computed from Shape defeat onnx's shape inference past each ShuffleNet unit; every
         # round turns the permutations whose shapes are known into Gathers, which it then sees through.
         for _ in range(_MAX_ROUNDS):
@@ -405,6 +406,8 @@ class ShiftPass:
         self._report_standalone_shifts()
         if self.blocked:
             self.counts["blocked_convs"], self.counts["layout_conversions"] = block_chains(graph)
+            self.counts["entry_convs_blocked"] = absorb_entry_convs(graph)
+            self.counts["pools_blocked"] = pool_exits(graph)
         if self.blocked_pairs:
             self.counts["blocked_pairs"] = pair_convs(graph)
         c = self.counts
@@ -415,7 +418,8 @@ class ShiftPass:
                      f"{c['residuals_fused']} residual Adds and {c['activations_fused']} activations fused), "
                      f"{c['chained_convs']} 1x1 convs joined the AddressConv layout, "
                      f"{c['blocked_convs']} in the blocked layout ({c['layout_conversions']} conversions, "
-                     f"{c['blocked_pairs']} pairs run as one op), "
+                     f"{c['blocked_pairs']} pairs run as one op, {c['entry_convs_blocked']} entry convs "
+                     f"and {c['pools_blocked']} pools blocked), "
                      f"{c['weights_permuted']} convs with permuted weights, "
                      f"{c['permutations_to_gather']} permutations rewritten as Gather") if r.changed \
             else "no shift or channel permutation found"

@@ -222,18 +222,33 @@ def to_blocked_function(opset: int) -> onnx.FunctionProto:
     return f
 
 
-def from_blocked_function(opset: int) -> onnx.FunctionProto:
-    """FromBlocked: Xb [N, ceil(C/16), H + 2, W + 2, 16] -> [N, C, H, W], C = attribute ``channels``."""
-    _check_opset(ops.FROM_BLOCKED, opset)
+def _from_blocked_channels_nodes(out: str) -> list[onnx.NodeProto]:
+    """FromBlocked of function input X to ``out``, keeping the attribute ``channels``' channels."""
     n = helper.make_node
     count = n("Constant", [], ["fb_count"])
     count.attribute.append(onnx.AttributeProto(name="value_int", ref_attr_name="channels",
                                                type=onnx.AttributeProto.INT))
     nodes = [count, _const("fb_shape1", [1]), n("Reshape", ["fb_count", "fb_shape1"], ["fb_C"])]
-    nodes += _from_blocked_nodes("X", "fb_C", "Y", "fb_")
-    f = helper.make_function(ops.DOMAIN, ops.FROM_BLOCKED, inputs=["X"], outputs=["Y"], nodes=nodes,
+    return nodes + _from_blocked_nodes("X", "fb_C", out, "fb_")
+
+
+def from_blocked_function(opset: int) -> onnx.FunctionProto:
+    """FromBlocked: Xb [N, ceil(C/16), H + 2, W + 2, 16] -> [N, C, H, W], C = attribute ``channels``."""
+    _check_opset(ops.FROM_BLOCKED, opset)
+    f = helper.make_function(ops.DOMAIN, ops.FROM_BLOCKED, inputs=["X"], outputs=["Y"],
+                             nodes=_from_blocked_channels_nodes("Y"),
                              opset_imports=[helper.make_opsetid("", opset)], attributes=["channels"])
     f.doc_string = f"{ops.FROM_BLOCKED} from standard ops: Transpose, Reshape, Slice (the channels and the border)."
+    return f
+
+
+def blocked_global_average_pool_function(opset: int) -> onnx.FunctionProto:
+    """BlockedGlobalAveragePool: Xb [N, ceil(C/16), H + 2, W + 2, 16] -> [N, C, 1, 1], C = ``channels``."""
+    _check_opset(ops.BLOCKED_GLOBAL_AVERAGE_POOL, opset)
+    nodes = _from_blocked_channels_nodes("gp_x") + [helper.make_node("GlobalAveragePool", ["gp_x"], ["Y"])]
+    f = helper.make_function(ops.DOMAIN, ops.BLOCKED_GLOBAL_AVERAGE_POOL, inputs=["X"], outputs=["Y"], nodes=nodes,
+                             opset_imports=[helper.make_opsetid("", opset)], attributes=["channels"])
+    f.doc_string = f"{ops.BLOCKED_GLOBAL_AVERAGE_POOL} from standard ops: the {ops.FROM_BLOCKED} body, GlobalAveragePool."
     return f
 
 
@@ -303,7 +318,8 @@ def blocked_address_conv_pair_function(opset: int, residual: bool = False) -> on
 FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function, ops.PERFORATED_CONV: perforated_conv_function,
                      ops.TO_BLOCKED: to_blocked_function, ops.FROM_BLOCKED: from_blocked_function,
                      ops.BLOCKED_ADDRESS_CONV: blocked_address_conv_function,
-                     ops.BLOCKED_ADDRESS_CONV_PAIR: blocked_address_conv_pair_function}
+                     ops.BLOCKED_ADDRESS_CONV_PAIR: blocked_address_conv_pair_function,
+                     ops.BLOCKED_GLOBAL_AVERAGE_POOL: blocked_global_average_pool_function}
 
 #: Where each op's optional residual input sits (the overload "residual" when it is given).
 _RESIDUAL_INPUT = {ops.ADDRESS_CONV: 4, ops.BLOCKED_ADDRESS_CONV: 4, ops.BLOCKED_ADDRESS_CONV_PAIR: 7}

@@ -14,7 +14,9 @@ FROM_BLOCKED = "FromBlocked"
 BLOCKED_ADDRESS_CONV = "BlockedAddressConv"
 #: Two BlockedAddressConvs in one op, the inner result never stored (blocked_address_conv_pair()).
 BLOCKED_ADDRESS_CONV_PAIR = "BlockedAddressConvPair"
+#: GlobalAveragePool of a blocked tensor, [N, C, 1, 1] out (FromBlocked + GlobalAveragePool in one pass).
+BLOCKED_GLOBAL_AVERAGE_POOL = "BlockedGlobalAveragePool"
 
 #: The ops the native library registers.
 NATIVE_OPS = (ADDRESS_CONV, PERFORATED_CONV, TO_BLOCKED, FROM_BLOCKED, BLOCKED_ADDRESS_CONV,
-              BLOCKED_ADDRESS_CONV_PAIR)
+              BLOCKED_ADDRESS_CONV_PAIR, BLOCKED_GLOBAL_AVERAGE_POOL)

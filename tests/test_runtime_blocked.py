@@ -158,3 +158,34 @@ def test_bad_address_tables_fail_with_a_message(address, message):
     model = chain_model(x.shape, np.ones((4, 1, 1, 1), np.float32), None, np.array(address, np.int32))
     with pytest.raises(Exception, match=message.replace("[", r"\[").replace("]", r"\]")):
         run(model, {"X": x})
+
+
+def _one_node_model(node, x_shape):
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.ir_version = 10
+    return add_functions(model)
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 17, 3, 5), (1, 128, 8, 8), (3, 40, 7, 1), (1, 5, 13, 33)])
+def test_blocked_global_average_pool(shape):
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    xb = blocked(x)
+    node = helper.make_node(ops.BLOCKED_GLOBAL_AVERAGE_POOL, ["X"], ["Y"], domain=ops.DOMAIN, channels=shape[1])
+    model = _one_node_model(node, xb.shape)
+    want = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    got = run(model, {"X": xb})
+    assert got.shape == (shape[0], shape[1], 1, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run(model, {"X": xb}, custom_ops=False), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(run(model, {"X": xb}, threads=2), got)
+
+
+@needs_lib
+def test_blocked_global_average_pool_checks_the_channel_count():
+    node = helper.make_node(ops.BLOCKED_GLOBAL_AVERAGE_POOL, ["X"], ["Y"], domain=ops.DOMAIN, channels=40)
+    with pytest.raises(Exception, match="X has 2 channel blocks, channels = 40 needs 3"):
+        run(_one_node_model(node, (1, 2, 4, 4, 16)), {"X": np.zeros((1, 2, 4, 4, 16), np.float32)})

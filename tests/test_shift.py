@@ -421,17 +421,22 @@ def test_shiftnet(runtime, options):
     counts = op_counts(out)
     assert res.details["address_convs"] == 3 and res.details["shifts_folded"] == 3 and not res.declined
     assert res.details["residuals_fused"] == 3 and res.details["chained_convs"] == 5  # 3 expand, 2 shortcut
-    # every 1x1 conv of the blocks is an AddressConv, all in the blocked layout (one conversion in,
-    # one out), each block's expand + shift conv as one pair, the shortcuts alone; only the stem's
-    # 3x3 Conv and its Relu remain
-    assert counts[ops.BLOCKED_ADDRESS_CONV_PAIR] == 3 and counts[ops.BLOCKED_ADDRESS_CONV] == 2
-    assert counts[ops.TO_BLOCKED] == 1 and counts[ops.FROM_BLOCKED] == 1
-    assert counts["Conv"] == 1 and counts["Add"] == 0 and counts["Relu"] == 1 and ops.ADDRESS_CONV not in counts
+    # every 1x1 conv of the blocks is an AddressConv, all in the blocked layout, each block's expand +
+    # shift conv as one pair, the shortcuts alone; the stem's 3x3 Conv + Relu too (27 address rows),
+    # after the image is blocked: one conversion in (3 channels), out through the blocked pooling, no
+    # Conv, Relu or GlobalAveragePool left
+    assert counts[ops.BLOCKED_ADDRESS_CONV_PAIR] == 3 and counts[ops.BLOCKED_ADDRESS_CONV] == 3
+    assert counts[ops.TO_BLOCKED] == 1 and counts[ops.BLOCKED_GLOBAL_AVERAGE_POOL] == 1
+    assert not {"Conv", "Relu", "Add", "GlobalAveragePool", ops.ADDRESS_CONV, ops.FROM_BLOCKED} & set(counts)
     assert res.details["blocked_convs"] == 8 and res.details["layout_conversions"] == 2
-    assert res.details["blocked_pairs"] == 3
+    assert res.details["blocked_pairs"] == 3 and res.details["entry_convs_blocked"] == 1
+    assert res.details["pools_blocked"] == 1
+    stem = next(n for n in out.graph.node if n.op_type == ops.BLOCKED_ADDRESS_CONV and n.input[0] != n.output[0]
+                and any(i.name == n.input[3] and list(i.dims) == [27, 3] for i in out.graph.initializer))
+    assert stem.input[0] == out.graph.node[0].output[0]  # right after the image's ToBlocked
     out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32), blocked_pairs=False)
     counts = op_counts(out)
-    assert counts[ops.BLOCKED_ADDRESS_CONV] == 8 and ops.BLOCKED_ADDRESS_CONV_PAIR not in counts
+    assert counts[ops.BLOCKED_ADDRESS_CONV] == 9 and ops.BLOCKED_ADDRESS_CONV_PAIR not in counts
     out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32), blocked=False)
     counts = op_counts(out)
     assert counts[ops.ADDRESS_CONV] == 8 and counts["Conv"] == 1 and ops.BLOCKED_ADDRESS_CONV not in counts
@@ -454,7 +459,9 @@ def test_shiftnet_blocked_layout_edges(runtime):
     g.outputs.append(tap)
     out, res = optimise(gs.export_onnx(g))
     counts = op_counts(out)
-    assert counts[ops.FROM_BLOCKED] == 2 and counts[ops.TO_BLOCKED] == 1 and res.details["layout_conversions"] == 3
+    # the tap leaves through FromBlocked, the end of the net through the blocked pooling
+    assert counts[ops.FROM_BLOCKED] == 1 and counts[ops.BLOCKED_GLOBAL_AVERAGE_POOL] == 1
+    assert counts[ops.TO_BLOCKED] == 1 and res.details["layout_conversions"] == 3
     assert {o.name for o in out.graph.output} == {o.name for o in model.graph.output} | {"tap"}
 
     b = Builder(9)
@@ -513,3 +520,34 @@ def test_no_custom_ops_without_the_library(monkeypatch):
     res = report.passes[0]
     assert not any(n.domain == ops.DOMAIN for n in out.graph.node)
     assert any("custom-op library is not installed" in reason for _, reason in res.declined)
+
+
+def _stem_then_chain(cin=3, strides=(1, 1), relu=True, pads=(1, 1, 1, 1), kernel=3, tap=False, h=9, w=8):
+    """x -> Conv kxk (cin -> 16) [-> Relu] -> four shift + 1x1 conv stages (one blocked chain)."""
+    b = Builder(cin, h, w, seed=5)
+    wt = b.rng.standard_normal((16, cin, kernel, kernel)).astype(np.float32)
+    t = b.node("Conv", ["x", b.const(wt), b.const(b.rng.standard_normal(16).astype(np.float32))],
+               kernel_shape=[kernel, kernel], pads=list(pads), strides=list(strides))
+    if relu:
+        t = b.node("Relu", [t])
+    outs = [b.node("Sigmoid", [t])] if tap else []
+    for _ in range(4):
+        t = b.conv(b.shift(t, 16), 16, 16)
+    return b.model(t, *outs)
+
+
+@pytest.mark.parametrize("kw", [{}, {"strides": (2, 2)}, {"relu": False}, {"cin": 28},
+                                {"h": 1, "w": 5}])
+def test_entry_conv_joins_the_blocked_layout(runtime, kw):
+    out, res = optimise(_stem_then_chain(**kw))
+    assert res.details["blocked_convs"] == 4 and res.details["entry_convs_blocked"] == 1
+    counts = op_counts(out)
+    assert "Conv" not in counts and "Relu" not in counts and counts[ops.TO_BLOCKED] == 1
+    assert out.graph.node[0].op_type == ops.TO_BLOCKED and out.graph.node[0].input[0] == "x"
+
+
+@pytest.mark.parametrize("kw", [{"pads": (0, 0, 0, 0)}, {"pads": (1, 1, 0, 0)}, {"tap": True}, {"cin": 29}])
+def test_entry_conv_stays_outside_when_it_is_not_an_address_conv(kw):
+    out, res = optimise(_stem_then_chain(**kw))
+    assert res.details["blocked_convs"] == 4 and res.details["entry_convs_blocked"] == 0
+    assert op_counts(out)["Conv"] == 1

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <memory>
 #include <cstring>
 
@@ -244,6 +245,26 @@ void from_blocked(const float* x, std::int64_t batch, std::int64_t channels, std
     }
     for (std::int64_t c = 0; c < count; ++c)
       for (std::int64_t j = 0; j < width; ++j) out[c * plane + j] = in[j * kBlock + c];
+  });
+}
+
+void blocked_global_average_pool(const float* x, std::int64_t batch, std::int64_t channels, std::int64_t height,
+                                 std::int64_t width, float* y, const ParallelFor& parallel_for) {
+  const std::int64_t cb = blocks_of(channels), wp = width + 2, cell = (height + 2) * wp * kBlock;
+  if (batch == 0 || cb == 0) return;
+  const float scale = height * width > 0 ? 1.0f / static_cast<float>(height * width) : 0.0f;
+  parallel_for(static_cast<std::size_t>(batch * cb), [&](std::size_t item) {
+    const std::int64_t b = static_cast<std::int64_t>(item) % cb, n = static_cast<std::int64_t>(item) / cb;
+    float sum[kBlock] = {};
+    const float* block = x + (n * cb + b) * cell;
+    for (std::int64_t i = 1; i <= height; ++i) {
+      const float* row = block + (i * wp + 1) * kBlock;
+      for (std::int64_t j = 0; j < width; ++j)
+        for (int lane = 0; lane < kBlock; ++lane) sum[lane] += row[j * kBlock + lane];
+    }
+    const std::int64_t c0 = b * kBlock, count = std::min(kBlock, channels - c0);
+    for (std::int64_t lane = 0; lane < count; ++lane)
+      y[n * channels + c0 + lane] = height * width > 0 ? sum[lane] * scale : std::nanf("");
   });
 }
 

@@ -31,6 +31,10 @@ void to_blocked(const float* x, std::int64_t batch, std::int64_t channels, std::
 void from_blocked(const float* x, std::int64_t batch, std::int64_t channels, std::int64_t height, std::int64_t width,
                   float* y, const GemmIsa& isa, const ParallelFor& parallel_for);
 
+// y [N, C, 1, 1] = the mean over H x W of blocked x [N, ceil(C/16), H + 2, W + 2, 16].
+void blocked_global_average_pool(const float* x, std::int64_t batch, std::int64_t channels, std::int64_t height,
+                                 std::int64_t width, float* y, const ParallelFor& parallel_for);
+
 // W [Cout, K] as ceil(Cout/16) blocks of [K][16], output channels past Cout zero.
 class BlockedWeights {
  public:

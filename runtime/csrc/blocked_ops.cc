@@ -39,26 +39,58 @@ OrtStatusPtr ToBlockedOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo*
 
 const char* ToBlockedOp::GetName() const { return kToBlocked; }
 
-FromBlockedKernel::FromBlockedKernel(const OrtApi& api, const OrtKernelInfo* info)
-    : api_(api), isa_(gemm_isa()), channels_(int_attr(api, info, "channels", 0)) {
-  if (channels_ < 1)
-    fail_if(kFromBlocked, "attribute channels must be a positive integer, got " + std::to_string(channels_));
+namespace {
+
+std::int64_t channels_attr(const OrtApi& api, const OrtKernelInfo* info, const char* op) {
+  const std::int64_t c = int_attr(api, info, "channels", 0);
+  if (c < 1) fail_if(op, "attribute channels must be a positive integer, got " + std::to_string(c));
+  return c;
 }
+
+// Input 0: a blocked tensor of `channels` channels; its dims.
+std::vector<std::int64_t> blocked_input(Ort::KernelContext& ctx, std::int64_t channels, const char* op) {
+  const std::vector<std::int64_t> d = ctx.GetInput(0).GetTensorTypeAndShapeInfo().GetShape();
+  fail_if(op, check_blocked("X", d));
+  if (d[1] != blocks_of(channels))
+    fail_if(op, "X has " + std::to_string(d[1]) + " channel blocks, channels = " + std::to_string(channels) +
+                    " needs " + std::to_string(blocks_of(channels)));
+  return d;
+}
+
+}  // namespace
+
+FromBlockedKernel::FromBlockedKernel(const OrtApi& api, const OrtKernelInfo* info)
+    : api_(api), isa_(gemm_isa()), channels_(channels_attr(api, info, kFromBlocked)) {}
 
 OrtStatusPtr FromBlockedKernel::ComputeV2(OrtKernelContext* context) {
   return cpu_status(api_, true, [&] {
     Ort::KernelContext ctx(context);
-    const Ort::ConstValue x = ctx.GetInput(0);
-    const std::vector<std::int64_t> d = x.GetTensorTypeAndShapeInfo().GetShape();
-    fail_if(kFromBlocked, check_blocked("X", d));
-    if (d[1] != blocks_of(channels_))
-      fail_if(kFromBlocked, "X has " + std::to_string(d[1]) + " channel blocks, channels = " +
-                                std::to_string(channels_) + " needs " + std::to_string(blocks_of(channels_)));
+    const std::vector<std::int64_t> d = blocked_input(ctx, channels_, kFromBlocked);
     Ort::UnownedValue y = ctx.GetOutput(0, {d[0], channels_, d[2] - 2, d[3] - 2});
-    from_blocked(x.GetTensorData<float>(), d[0], channels_, d[2] - 2, d[3] - 2, y.GetTensorMutableData<float>(),
-                 isa_, ort_parallel_for(ctx));
+    from_blocked(ctx.GetInput(0).GetTensorData<float>(), d[0], channels_, d[2] - 2, d[3] - 2,
+                 y.GetTensorMutableData<float>(), isa_, ort_parallel_for(ctx));
   });
 }
+
+BlockedGlobalAveragePoolKernel::BlockedGlobalAveragePoolKernel(const OrtApi& api, const OrtKernelInfo* info)
+    : api_(api), channels_(channels_attr(api, info, kBlockedGlobalAveragePool)) {}
+
+OrtStatusPtr BlockedGlobalAveragePoolKernel::ComputeV2(OrtKernelContext* context) {
+  return cpu_status(api_, true, [&] {
+    Ort::KernelContext ctx(context);
+    const std::vector<std::int64_t> d = blocked_input(ctx, channels_, kBlockedGlobalAveragePool);
+    Ort::UnownedValue y = ctx.GetOutput(0, {d[0], channels_, 1, 1});
+    blocked_global_average_pool(ctx.GetInput(0).GetTensorData<float>(), d[0], channels_, d[2] - 2, d[3] - 2,
+                                y.GetTensorMutableData<float>(), ort_parallel_for(ctx));
+  });
+}
+
+OrtStatusPtr BlockedGlobalAveragePoolOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
+                                                        void** kernel) const {
+  return cpu_status(api, false, [&] { *kernel = new BlockedGlobalAveragePoolKernel(api, info); });
+}
+
+const char* BlockedGlobalAveragePoolOp::GetName() const { return kBlockedGlobalAveragePool; }
 
 OrtStatusPtr FromBlockedOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
   return cpu_status(api, false, [&] { *kernel = new FromBlockedKernel(api, info); });

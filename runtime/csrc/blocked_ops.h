@@ -1,5 +1,5 @@
 // onnxruntime custom ops of the blocked layout (blocked_conv.h): ToBlocked, FromBlocked,
-// BlockedAddressConv and BlockedAddressConvPair.  Their ONNX-function fallbacks are in runtime/functions.py.
+// BlockedAddressConv, BlockedAddressConvPair and BlockedGlobalAveragePool.  Their ONNX-function fallbacks are in runtime/functions.py.
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -46,6 +46,24 @@ class FromBlockedKernel {
 };
 
 struct FromBlockedOp : FloatOutputOp<FromBlockedOp, FromBlockedKernel> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+  const char* GetName() const;
+  std::size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+// BlockedGlobalAveragePool: Xb [N, ceil(C/16), H + 2, W + 2, 16] -> [N, C, 1, 1]; attribute channels = C.
+class BlockedGlobalAveragePoolKernel {
+ public:
+  BlockedGlobalAveragePoolKernel(const OrtApi& api, const OrtKernelInfo* info);
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  const OrtApi& api_;
+  std::int64_t channels_ = 0;
+};
+
+struct BlockedGlobalAveragePoolOp : FloatOutputOp<BlockedGlobalAveragePoolOp, BlockedGlobalAveragePoolKernel> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const;
   std::size_t GetInputTypeCount() const { return 1; }

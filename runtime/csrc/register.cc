@@ -48,6 +48,11 @@ onnxopt::BlockedAddressConvPairOp& blocked_address_conv_pair_op() {
   return op;
 }
 
+onnxopt::BlockedGlobalAveragePoolOp& blocked_global_average_pool_op() {
+  static onnxopt::BlockedGlobalAveragePoolOp op;
+  return op;
+}
+
 #ifdef ONNXOPT_WITH_CUDA
 // The CUDA variants: same domain and names, GetExecutionProviderType() = CUDAExecutionProvider, so
 // onnxruntime picks them for nodes it places on the CUDA provider and the CPU ones elsewhere.
@@ -82,6 +87,7 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &from_blocked_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_address_conv_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_address_conv_pair_op())) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_global_average_pool_op())) return st;
 #ifdef ONNXOPT_WITH_CUDA
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_cuda_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &perforated_conv_cuda_op())) return st;
@@ -103,7 +109,8 @@ ONNXOPT_EXPORT const char* onnxopt_ops_info() {
                                   ";version=" + std::to_string(onnxopt::kOpVersion) +
                                   ";ops=" + onnxopt::kAddressConv + "," + onnxopt::kPerforatedConv + "," +
                                   onnxopt::kToBlocked + "," + onnxopt::kFromBlocked + "," +
-                                  onnxopt::kBlockedAddressConv + "," + onnxopt::kBlockedAddressConvPair +
+                                  onnxopt::kBlockedAddressConv + "," + onnxopt::kBlockedAddressConvPair + "," +
+                                  onnxopt::kBlockedGlobalAveragePool +
                                   ";gemm=" + onnxopt::gemm_isa().name + ";cuda=" + kCudaInfo;
   return info.c_str();
 }
