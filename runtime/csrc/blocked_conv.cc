@@ -268,18 +268,16 @@ void blocked_global_average_pool(const float* x, std::int64_t batch, std::int64_
   });
 }
 
-void blocked_address_conv(const BlockedConvShape& s, const float* x, const BlockedWeights& weights,
-                          const float* bias_padded, const std::int32_t* address, const float* residual,
-                          float clip_min, float clip_max, float* y, const GemmIsa& isa,
-                          const ParallelFor& parallel_for) {
-  const std::int64_t ho = s.out_height(), wo = s.out_width(), mb = blocks_of(s.out_channels);
+void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedStage& stage, const float* residual,
+                          float* y, const GemmIsa& isa, const ParallelFor& parallel_for) {
+  const std::int64_t ho = (s.height + stage.stride_h - 1) / stage.stride_h;
+  const std::int64_t wo = (s.width + stage.stride_w - 1) / stage.stride_w, mb = blocks_of(stage.out_channels);
   const std::int64_t hp = s.height + 2, wp = s.width + 2, out_cell = (ho + 2) * (wo + 2) * kBlock;
   if (s.batch == 0 || mb == 0) return;
   if (ho == 0 || wo == 0) {
     zero(y, s.batch * mb * out_cell);
     return;
   }
-  const BlockedStage stage{&weights, bias_padded, address, s.out_channels, s.k, s.stride_h, s.stride_w, clip_min, clip_max};
   const StageRows rows(stage, wo, hp * wp * kBlock, use_avx512(isa));
   const float* in[3];  // output row 0 of image 0 reads padded rows 0, 1, 2
   for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * kBlock;
@@ -287,11 +285,11 @@ void blocked_address_conv(const BlockedConvShape& s, const float* x, const Block
   parallel_for(static_cast<std::size_t>(s.batch * ho), [&](std::size_t item) {
     const std::int64_t i = static_cast<std::int64_t>(item) % ho, n = static_cast<std::int64_t>(item) / ho;
     OutRow out(y + n * mb * out_cell, residual ? residual + n * mb * out_cell : nullptr, mb, ho, wo, i);
-    rows.run(src, (n * s.src_blocks * hp + i * s.stride_h) * wp * kBlock, out);
+    rows.run(src, (n * s.src_blocks * hp + i * stage.stride_h) * wp * kBlock, out);
   });
 }
 
-void blocked_address_conv_pair(const BlockedPairShape& s, const float* x, const BlockedStage& first,
+void blocked_address_conv_pair(const BlockedInput& s, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
                                const ParallelFor& parallel_for) {
   const std::int64_t h1 = (s.height + first.stride_h - 1) / first.stride_h;

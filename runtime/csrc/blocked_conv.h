@@ -49,28 +49,12 @@ class BlockedWeights {
   std::int64_t k_ = 0;
 };
 
-struct BlockedConvShape {
-  std::int64_t batch = 0, src_blocks = 0, height = 0, width = 0;  // of X (unpadded H, W)
-  std::int64_t out_channels = 0, k = 0;                          // W [Cout, K, 1, 1]
-  std::int64_t stride_h = 1, stride_w = 1;
-  std::int64_t out_height() const { return (height + stride_h - 1) / stride_h; }
-  std::int64_t out_width() const { return (width + stride_w - 1) / stride_w; }
-};
-
 // Empty when every row (src, dy, dx) of the [k, 3] table reads a channel of the src_blocks * 16
 // stored ones at a displacement within the border (|dy|, |dx| <= 1), else what is wrong.
 std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t k, std::int64_t src_blocks);
 
-// y = min(max(AddressConv(x) + bias + residual, clip_min), clip_max), all blocked; bias_padded
-// holds ceil(Cout/16) * 16 values (zeros past Cout), residual (y's layout) may be null.  Writes
-// y's border and padding channels as zeros.
-void blocked_address_conv(const BlockedConvShape& shape, const float* x, const BlockedWeights& weights,
-                          const float* bias_padded, const std::int32_t* address, const float* residual,
-                          float clip_min, float clip_max, float* y, const GemmIsa& isa,
-                          const ParallelFor& parallel_for);
-
-// One blocked AddressConv of a pair: W as packed blocks, bias padded to whole blocks, the [k, 3]
-// address table (valid for its source, see validate_blocked_addresses), strides, clip.
+// One blocked AddressConv: W as packed blocks, bias padded to whole blocks (zeros past Cout), the
+// [k, 3] address table (valid for its source, see validate_blocked_addresses), strides, clip.
 struct BlockedStage {
   const BlockedWeights* weights;
   const float* bias_padded;
@@ -78,14 +62,21 @@ struct BlockedStage {
   std::int64_t out_channels, k, stride_h, stride_w;
   float lo, hi;
 };
-struct BlockedPairShape {
-  std::int64_t batch = 0, src_blocks = 0, height = 0, width = 0;  // of X (unpadded H, W)
+// A blocked input X: [batch, src_blocks, height + 2, width + 2, 16].
+struct BlockedInput {
+  std::int64_t batch = 0, src_blocks = 0, height = 0, width = 0;
 };
+
+// y = min(max(AddressConv(x) + bias + residual, lo), hi), all blocked, y
+// [N, ceil(Cout/16), ceil(H/sh) + 2, ceil(W/sw) + 2, 16]; residual (y's layout) may be null.
+// Writes y's border and padding channels as zeros.
+void blocked_address_conv(const BlockedInput& in, const float* x, const BlockedStage& conv, const float* residual,
+                          float* y, const GemmIsa& isa, const ParallelFor& parallel_for);
 
 // y = second(first(x)) (+ residual, inside second's clip), both blocked AddressConvs as above,
 // without storing first's output: it lives in a ring of three rows per thread, each row computed
 // once.  Bit-identical to the two convs one after the other.
-void blocked_address_conv_pair(const BlockedPairShape& shape, const float* x, const BlockedStage& first,
+void blocked_address_conv_pair(const BlockedInput& in, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
                                const ParallelFor& parallel_for);
 

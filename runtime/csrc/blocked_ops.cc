@@ -170,21 +170,13 @@ void BlockedAddressConvKernel::Compute(OrtKernelContext* context) {
   const Ort::ConstValue x = ctx.GetInput(address_conv_in::kX);
   const std::vector<std::int64_t> xd = checked_x(x, kBlockedAddressConv);
   const BlockedStage st = conv_.read(ctx, xd[1]);
-  BlockedConvShape s;
-  s.batch = xd[0];
-  s.src_blocks = xd[1];
-  s.height = xd[2] - 2;
-  s.width = xd[3] - 2;
-  s.out_channels = st.out_channels;
-  s.k = st.k;
-  s.stride_h = st.stride_h;
-  s.stride_w = st.stride_w;
-  const std::vector<std::int64_t> yd = {s.batch, blocks_of(s.out_channels), s.out_height() + 2, s.out_width() + 2,
-                                        kBlock};
+  const BlockedInput s{xd[0], xd[1], xd[2] - 2, xd[3] - 2};
+  const std::vector<std::int64_t> yd = {s.batch, blocks_of(st.out_channels), ceil_div(s.height, st.stride_h) + 2,
+                                        ceil_div(s.width, st.stride_w) + 2, kBlock};
   const float* residual = residual_input(ctx, address_conv_in::kResidual, yd, kBlockedAddressConv);
   Ort::UnownedValue y = ctx.GetOutput(0, yd);
-  blocked_address_conv(s, x.GetTensorData<float>(), *st.weights, st.bias_padded, st.address, residual, st.lo, st.hi,
-                       y.GetTensorMutableData<float>(), isa_, ort_parallel_for(ctx));
+  blocked_address_conv(s, x.GetTensorData<float>(), st, residual, y.GetTensorMutableData<float>(), isa_,
+                       ort_parallel_for(ctx));
 }
 
 OrtStatusPtr BlockedAddressConvKernel::ComputeV2(OrtKernelContext* context) {
@@ -222,7 +214,7 @@ void BlockedAddressConvPairKernel::Compute(OrtKernelContext* context) {
   const std::vector<std::int64_t> xd = checked_x(x, kBlockedAddressConvPair);
   const BlockedStage a = first_.read(ctx, xd[1]);
   const BlockedStage b = second_.read(ctx, blocks_of(a.out_channels));
-  const BlockedPairShape s{xd[0], xd[1], xd[2] - 2, xd[3] - 2};
+  const BlockedInput s{xd[0], xd[1], xd[2] - 2, xd[3] - 2};
   const std::int64_t h2 = ceil_div(ceil_div(s.height, a.stride_h), b.stride_h);
   const std::int64_t w2 = ceil_div(ceil_div(s.width, a.stride_w), b.stride_w);
   const std::vector<std::int64_t> yd = {s.batch, blocks_of(b.out_channels), h2 + 2, w2 + 2, kBlock};
