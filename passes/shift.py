@@ -384,7 +384,11 @@ class ShiftPass:
         # The blocked layout has CPU kernels only.
         on_cpu = ctx.target is None or ctx.target.provider == "CPUExecutionProvider"
         self.blocked = self.custom_ops and on_cpu and bool(ctx.option("blocked", True))
-        self.blocked_pairs = self.blocked and bool(ctx.option("blocked_pairs", True))
+        # A pair keeps its inner result in a ring of rows per thread; more threads split the rows and
+        # recompute the ring's rows at each split, so pairs are made by default for one thread (or
+        # no target: the mobile CPU this tool aims at) only.
+        one_thread = ctx.target is None or ctx.target.threads == 1
+        self.blocked_pairs = self.blocked and bool(ctx.option("blocked_pairs", one_thread))
         self.counts = {"address_convs": 0, "shifts_folded": 0, "permutations_to_gather": 0,
                        "weights_permuted": 0, "depthwise_commuted": 0, "residuals_fused": 0, "activations_fused": 0,
                        "chained_convs": 0, "blocked_convs": 0, "layout_conversions": 0, "blocked_pairs": 0,

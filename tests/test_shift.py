@@ -477,6 +477,11 @@ def test_shiftnet_blocked_layout_edges(runtime):
     res = ShiftPass().run(graph, PassContext(options={"custom_ops": True}, target=BUILTIN["cuda"], model=model))
     assert res.details["blocked_convs"] == 0 and res.details["address_convs"] == 4
     assert not [n for n in graph.nodes if n.op == ops.BLOCKED_ADDRESS_CONV]
+    # pairs only for one thread by default: a 4-thread target gets the blocked convs unpaired
+    for target, pairs in (("mobile-cpu-4", 0), ("mobile-cpu", 4)):
+        graph = gs.import_onnx(model)
+        res = ShiftPass().run(graph, PassContext(options={"custom_ops": True}, target=BUILTIN[target], model=model))
+        assert res.details["blocked_convs"] == 10 and res.details["blocked_pairs"] == pairs
 
 
 @pytest.mark.slow
