@@ -189,3 +189,25 @@ def test_blocked_global_average_pool_checks_the_channel_count():
     node = helper.make_node(ops.BLOCKED_GLOBAL_AVERAGE_POOL, ["X"], ["Y"], domain=ops.DOMAIN, channels=40)
     with pytest.raises(Exception, match="X has 2 channel blocks, channels = 40 needs 3"):
         run(_one_node_model(node, (1, 2, 4, 4, 16)), {"X": np.zeros((1, 2, 4, 4, 16), np.float32)})
+
+
+@needs_lib
+def test_address_as_a_graph_input_changing_between_runs():
+    """Plans are kept per kernel between runs: a new address table must get a new plan (and a
+    new validation), on the same session."""
+    from onnxopt.runtime.reference import address_conv_ref
+
+    rng = np.random.default_rng(6)
+    x, weight, b, _ = case(rng, 1, 24, 24, 20, 5, 9)
+    model = chain_model(x.shape, weight, b, np.zeros((24, 3), np.int32))
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "address"))
+    model.graph.input.append(helper.make_tensor_value_info("address", TensorProto.INT32, [24, 3]))
+    sess = session(fit_ir_version(model), threads=1)
+    for seed in range(3):
+        a = case(np.random.default_rng(seed), 1, 24, 24, 20, 5, 9)[3]
+        got = sess.run(None, {"X": x, "address": a})[0]
+        np.testing.assert_allclose(got, address_conv_ref(x, weight, b, a), rtol=1e-4, atol=1e-4)
+    bad = a.copy()
+    bad[0, 1] = 2
+    with pytest.raises(Exception, match=r"displacements in \[-1, 1\]"):
+        sess.run(None, {"X": x, "address": bad})

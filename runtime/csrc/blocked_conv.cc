@@ -36,10 +36,7 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
   }
 }
 
-struct Span {
-  std::int64_t first;
-  int count;
-};
+using Span = BlockedRowPlan::Span;
 
 // `total` cut into `parts` runs as equal as possible.
 std::vector<Span> balanced(std::int64_t total, std::int64_t parts) {
@@ -118,27 +115,22 @@ struct OutRow {
 
 // One blocked AddressConv as rows of tiles.  A source row is given per displacement dy in
 // {-1, 0, 1} as the cell of its position 0 in block 0, blocks `src_block_stride` apart.
+// One blocked AddressConv as rows of tiles.  A source row is given per displacement dy in
+// {-1, 0, 1} as the cell of its position 0 in block 0, blocks `src_block_stride` apart.
 class StageRows {
  public:
   StageRows(const BlockedStage& st, std::int64_t out_width, std::int64_t src_block_stride, bool avx512)
-      : st_(st), plan_(plan_row(blocks_of(st.out_channels), out_width, st.k)), avx512_(avx512) {
-    const std::int64_t tail = st.out_channels % kBlock;
-    tail_lanes_ = tail ? static_cast<std::uint16_t>((1u << tail) - 1u) : 0xFFFF;
-    row_of_.resize(static_cast<std::size_t>(st.k));
-    within_.resize(static_cast<std::size_t>(st.k));
-    for (std::int64_t r = 0; r < st.k; ++r) {
-      const std::int64_t src = st.address[3 * r];
-      row_of_[static_cast<std::size_t>(r)] = st.address[3 * r + 1] + 1;
-      within_[static_cast<std::size_t>(r)] =
-          (src / kBlock) * src_block_stride + st.address[3 * r + 2] * kBlock + src % kBlock;
-    }
-  }
+      : st_(st),
+        plan_(st.plans ? st.plans->get(st.out_channels, st.address, st.k, out_width, src_block_stride)
+                       : std::make_shared<const BlockedRowPlan>(st.out_channels, st.address, st.k, out_width,
+                                                                src_block_stride)),
+        avx512_(avx512) {}
 
   // Per input channel, its read for output position 0 of a row whose sources (dy = -1, 0, 1) are
   // in[0..2]; a row `offset` floats further on reads src[k] + offset.
   std::vector<const float*> reads(const float* const in[3]) const {
-    std::vector<const float*> src(row_of_.size());
-    for (std::size_t r = 0; r < row_of_.size(); ++r) src[r] = in[row_of_[r]] + within_[r];
+    std::vector<const float*> src(plan_->row_of.size());
+    for (std::size_t r = 0; r < src.size(); ++r) src[r] = in[plan_->row_of[r]] + plan_->within[r];
     return src;
   }
 
@@ -152,11 +144,11 @@ class StageRows {
     t.out_stride = out.stride;
     t.lo = st_.lo;
     t.hi = st_.hi;
-    for (const Span& g : plan_.groups) {
+    for (const Span& g : plan_->groups) {
       t.w = st_.weights->block(g.first);
       t.bias = st_.bias_padded + g.first * kBlock;
-      t.last_lanes = g.first + g.count == mb ? tail_lanes_ : 0xFFFF;
-      for (const Span& run : plan_.runs) {
+      t.last_lanes = g.first + g.count == mb ? plan_->tail_lanes : 0xFFFF;
+      for (const Span& run : plan_->runs) {
         const std::int64_t at = run.first * kBlock + g.first * out.stride;
         t.first = offset + run.first * t.pos_stride;
         t.out = out.out + at;
@@ -171,14 +163,45 @@ class StageRows {
 
  private:
   BlockedStage st_;
-  RowPlan plan_;
+  std::shared_ptr<const BlockedRowPlan> plan_;
   bool avx512_;
-  std::uint16_t tail_lanes_;
-  std::vector<int> row_of_;
-  std::vector<std::int64_t> within_;
 };
 
 }  // namespace
+
+BlockedRowPlan::BlockedRowPlan(std::int64_t out_channels_, const std::int32_t* address_, std::int64_t k,
+                               std::int64_t out_width_, std::int64_t src_block_stride_)
+    : out_channels(out_channels_), out_width(out_width_), src_block_stride(src_block_stride_),
+      address(address_, address_ + 3 * k) {
+  const RowPlan plan = plan_row(blocks_of(out_channels), out_width, k);
+  groups = plan.groups;
+  runs = plan.runs;
+  const std::int64_t tail = out_channels % kBlock;
+  tail_lanes = tail ? static_cast<std::uint16_t>((1u << tail) - 1u) : 0xFFFF;
+  row_of.resize(static_cast<std::size_t>(k));
+  within.resize(static_cast<std::size_t>(k));
+  for (std::int64_t r = 0; r < k; ++r) {
+    const std::int64_t src = address_[3 * r];
+    row_of[static_cast<std::size_t>(r)] = address_[3 * r + 1] + 1;
+    within[static_cast<std::size_t>(r)] = (src / kBlock) * src_block_stride + address_[3 * r + 2] * kBlock + src % kBlock;
+  }
+}
+
+bool BlockedRowPlan::made_for(std::int64_t out_channels_, const std::int32_t* address_, std::int64_t k,
+                              std::int64_t out_width_, std::int64_t src_block_stride_) const {
+  return out_channels == out_channels_ && out_width == out_width_ && src_block_stride == src_block_stride_ &&
+         static_cast<std::int64_t>(address.size()) == 3 * k &&
+         std::equal(address.begin(), address.end(), address_);
+}
+
+std::shared_ptr<const BlockedRowPlan> BlockedPlanCache::get(std::int64_t out_channels, const std::int32_t* address,
+                                                            std::int64_t k, std::int64_t out_width,
+                                                            std::int64_t src_block_stride) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!last_ || !last_->made_for(out_channels, address, k, out_width, src_block_stride))
+    last_ = std::make_shared<const BlockedRowPlan>(out_channels, address, k, out_width, src_block_stride);
+  return last_;
+}
 
 BlockedWeights::BlockedWeights(const float* w, std::int64_t out_channels, std::int64_t k)
     : data_(static_cast<std::size_t>(blocks_of(out_channels) * k * kBlock), 0.0f), k_(k) {

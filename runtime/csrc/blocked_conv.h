@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -53,14 +55,49 @@ class BlockedWeights {
 // stored ones at a displacement within the border (|dy|, |dx| <= 1), else what is wrong.
 std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t k, std::int64_t src_blocks);
 
+// How one blocked AddressConv walks an output row: channel groups x position runs of tiles, and
+// per input channel the source row (dy + 1) and the offset within it (src block * block stride +
+// dx * 16 + lane) that it reads.  It depends on the shapes and the address table only, so kernels
+// keep the last one (BlockedPlanCache).
+struct BlockedRowPlan {
+  struct Span {
+    std::int64_t first;
+    int count;
+  };
+  BlockedRowPlan(std::int64_t out_channels, const std::int32_t* address, std::int64_t k, std::int64_t out_width,
+                 std::int64_t src_block_stride);
+  bool made_for(std::int64_t out_channels, const std::int32_t* address, std::int64_t k, std::int64_t out_width,
+                std::int64_t src_block_stride) const;
+
+  std::int64_t out_channels, out_width, src_block_stride;
+  std::vector<std::int32_t> address;
+  std::vector<Span> groups, runs;
+  std::vector<int> row_of;
+  std::vector<std::int64_t> within;
+  std::uint16_t tail_lanes;
+};
+
+// The last plan made, shared by concurrent runs.
+class BlockedPlanCache {
+ public:
+  std::shared_ptr<const BlockedRowPlan> get(std::int64_t out_channels, const std::int32_t* address, std::int64_t k,
+                                            std::int64_t out_width, std::int64_t src_block_stride);
+
+ private:
+  std::mutex mutex_;
+  std::shared_ptr<const BlockedRowPlan> last_;
+};
+
 // One blocked AddressConv: W as packed blocks, bias padded to whole blocks (zeros past Cout), the
-// [k, 3] address table (valid for its source, see validate_blocked_addresses), strides, clip.
+// [k, 3] address table (valid for its source, see validate_blocked_addresses), strides, clip, and
+// where to keep its row plans (null: made for each call).
 struct BlockedStage {
   const BlockedWeights* weights;
   const float* bias_padded;
   const std::int32_t* address;
   std::int64_t out_channels, k, stride_h, stride_w;
   float lo, hi;
+  BlockedPlanCache* plans = nullptr;
 };
 // A blocked input X: [batch, src_blocks, height + 2, width + 2, 16].
 struct BlockedInput {

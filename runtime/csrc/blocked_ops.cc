@@ -110,9 +110,10 @@ BlockedStageInputs::BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* i
       packed_ = BlockedWeights(wv.GetTensorData<float>(), d[0], d[1]);
     }
   }
+  constant_address_ = static_cast<bool>(constant_input(api, info, address));
 }
 
-BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_blocks) {
+BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run) {
   const Ort::ConstValue w = ctx.GetInput(w_), b = ctx.GetInput(b_), address = ctx.GetInput(address_);
   if (!w || !address) fail_if(op_, "inputs W and address are required");
   const std::vector<std::int64_t> wd = w.GetTensorTypeAndShapeInfo().GetShape();
@@ -126,15 +127,18 @@ BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_
   if (b) bd = b.GetTensorTypeAndShapeInfo().GetShape();
   fail_if(op_, check_bias(b ? &bd : nullptr, wd[0]));
   const std::int32_t* a = address.GetTensorData<std::int32_t>();
-  fail_if(op_, validate_blocked_addresses(a, ad[0], src_blocks));
-  bias_.assign(static_cast<std::size_t>(blocks_of(wd[0]) * kBlock), 0.0f);
-  if (b) std::copy(b.GetTensorData<float>(), b.GetTensorData<float>() + wd[0], bias_.begin());
+  if (!constant_address_ || validated_blocks_.load() != src_blocks) {
+    fail_if(op_, validate_blocked_addresses(a, ad[0], src_blocks));
+    if (constant_address_) validated_blocks_.store(src_blocks);
+  }
+  run.bias.assign(static_cast<std::size_t>(blocks_of(wd[0]) * kBlock), 0.0f);
+  if (b) std::copy(b.GetTensorData<float>(), b.GetTensorData<float>() + wd[0], run.bias.begin());
   const BlockedWeights* weights = &packed_;
   if (packed_.empty() || wd != constant_w_dims_) {
-    per_run_ = BlockedWeights(w.GetTensorData<float>(), wd[0], ad[0]);
-    weights = &per_run_;
+    run.weights = BlockedWeights(w.GetTensorData<float>(), wd[0], ad[0]);
+    weights = &run.weights;
   }
-  return {weights, bias_.data(), a, wd[0], ad[0], attrs_.stride_h, attrs_.stride_w, clip_min_, clip_max_};
+  return {weights, run.bias.data(), a, wd[0], ad[0], attrs_.stride_h, attrs_.stride_w, clip_min_, clip_max_, &plans_};
 }
 
 namespace {
@@ -169,7 +173,8 @@ void BlockedAddressConvKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const Ort::ConstValue x = ctx.GetInput(address_conv_in::kX);
   const std::vector<std::int64_t> xd = checked_x(x, kBlockedAddressConv);
-  const BlockedStage st = conv_.read(ctx, xd[1]);
+  BlockedStageInputs::Run run;
+  const BlockedStage st = conv_.read(ctx, xd[1], run);
   const BlockedInput s{xd[0], xd[1], xd[2] - 2, xd[3] - 2};
   const std::vector<std::int64_t> yd = {s.batch, blocks_of(st.out_channels), ceil_div(s.height, st.stride_h) + 2,
                                         ceil_div(s.width, st.stride_w) + 2, kBlock};
@@ -212,8 +217,9 @@ void BlockedAddressConvPairKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const Ort::ConstValue x = ctx.GetInput(pair_in::kX);
   const std::vector<std::int64_t> xd = checked_x(x, kBlockedAddressConvPair);
-  const BlockedStage a = first_.read(ctx, xd[1]);
-  const BlockedStage b = second_.read(ctx, blocks_of(a.out_channels));
+  BlockedStageInputs::Run run_a, run_b;
+  const BlockedStage a = first_.read(ctx, xd[1], run_a);
+  const BlockedStage b = second_.read(ctx, blocks_of(a.out_channels), run_b);
   const BlockedInput s{xd[0], xd[1], xd[2] - 2, xd[3] - 2};
   const std::int64_t h2 = ceil_div(ceil_div(s.height, a.stride_h), b.stride_h);
   const std::int64_t w2 = ceil_div(ceil_div(s.width, a.stride_w), b.stride_w);

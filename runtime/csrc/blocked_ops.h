@@ -6,6 +6,7 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <atomic>
 #include <limits>
 #include <string>
 #include <vector>
@@ -71,14 +72,22 @@ struct BlockedGlobalAveragePoolOp : FloatOutputOp<BlockedGlobalAveragePoolOp, Bl
 };
 
 // One blocked AddressConv's W, B and address inputs (at the given input indices) and attributes
-// strides, clip_min, clip_max (names after `prefix`): W packed once when it is an initializer.
+// strides, clip_min, clip_max (names after `prefix`): W packed once when it is an initializer, a
+// constant address table validated once per source block count, row plans kept between runs.
+// Safe for concurrent runs (each brings its own Run).
 class BlockedStageInputs {
  public:
+  // What one run's stage points to besides the inputs: the padded bias, W packed for this run when
+  // it is not the constant one.
+  struct Run {
+    std::vector<float> bias;
+    BlockedWeights weights;
+  };
+
   BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* info, const char* op, const std::string& prefix,
                      std::size_t w, std::size_t b, std::size_t address);
-  // This run's stage reading a source of `src_blocks` stored blocks (checks shapes and addresses;
-  // pointers valid until the next call).
-  BlockedStage read(Ort::KernelContext& ctx, std::int64_t src_blocks);
+  // This run's stage reading a source of `src_blocks` stored blocks (checks shapes and addresses).
+  BlockedStage read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run);
 
  private:
   const char* op_;
@@ -86,8 +95,10 @@ class BlockedStageInputs {
   AddressConvAttrs attrs_;
   float clip_min_ = -std::numeric_limits<float>::infinity(), clip_max_ = std::numeric_limits<float>::infinity();
   std::vector<std::int64_t> constant_w_dims_;
-  BlockedWeights packed_, per_run_;
-  std::vector<float> bias_;
+  BlockedWeights packed_;
+  bool constant_address_ = false;
+  std::atomic<std::int64_t> validated_blocks_{-1};  // for a constant address: the source it is valid for
+  BlockedPlanCache plans_;
 };
 
 // BlockedAddressConv: AddressConv (group 1, displacements in [-1, 1]) on blocked tensors.
