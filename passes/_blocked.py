@@ -15,6 +15,11 @@ ran 5-27 % faster (96->32 @32x32: 35.6 -> 26.5 us; stride 2 96->64: 18.0 -> 12.6
 layers the same or up to 8 % faster. The conversions cost about one copy of their tensor, so a set
 is converted only when it has at least ``MIN_NODES`` nodes and at most one conversion per two nodes
 (a ShuffleNetV2's AddressConvs, separated by depthwise convs, stay in NCHW).
+
+Then, around and inside the set: a small "same" Conv (+ Relu) whose result only enters the layout
+joins it as a BlockedAddressConv (:func:`absorb_entry_convs`), FromBlocked -> GlobalAveragePool
+becomes one BlockedGlobalAveragePool (:func:`pool_exits`), and two BlockedAddressConvs where the
+first's result only feeds the second become one BlockedAddressConvPair (:func:`pair_convs`).
 """
 from __future__ import annotations
 
