@@ -38,6 +38,19 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
 
 using Span = BlockedRowPlan::Span;
 
+// This thread's ring of a pair (at least `floats` long, contents undefined).  Kept between runs: a
+// fresh ~50 KiB allocation per run came back from the kernel with its pages faulted in again
+// (glibc trims the heap top on free), 5-10 us per pair inside onnxruntime.
+float* ring_scratch(std::size_t floats) {
+  thread_local std::unique_ptr<float[]> ring;
+  thread_local std::size_t size = 0;
+  if (size < floats) {
+    ring.reset(new float[floats]);
+    size = floats;
+  }
+  return ring.get();
+}
+
 // `total` cut into `parts` runs as equal as possible.
 std::vector<Span> balanced(std::int64_t total, std::int64_t parts) {
   std::vector<Span> spans;
@@ -341,7 +354,7 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
   std::atomic<std::int64_t> next{0};
   const std::size_t calls = static_cast<std::size_t>(std::min<std::int64_t>((total + claim - 1) / claim, 64));
   parallel_for(calls, [&](std::size_t) {
-    std::unique_ptr<float[]> ring;
+    float* ring = nullptr;
     // The second conv's reads per phase (i * stride) % 3 of its row i, all three rows inside.
     std::vector<const float*> phase[3];
     std::int64_t image = -1, computed = -1;  // rows 0..computed of the first conv are in the ring
@@ -349,15 +362,15 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
       const std::int64_t start = next.fetch_add(claim);
       if (start >= total) break;
       if (!ring) {  // slots 0-2 need zero border cells only (rows are written whole), slot 3 all
-        ring.reset(new float[static_cast<std::size_t>(4 * slot)]);
+        ring = ring_scratch(static_cast<std::size_t>(4 * slot));
         for (std::int64_t b = 0; b < 3 * mb1; ++b) {
-          zero(ring.get() + b * slot_row, kBlock);
-          zero(ring.get() + (b + 1) * slot_row - kBlock, kBlock);
+          zero(ring + b * slot_row, kBlock);
+          zero(ring + (b + 1) * slot_row - kBlock, kBlock);
         }
-        zero(ring.get() + 3 * slot, slot);
+        zero(ring + 3 * slot, slot);
         for (int p = 0; p < 3; ++p) {
           const float* mid[3];
-          for (int d = 0; d < 3; ++d) mid[d] = ring.get() + (p + d + 2) % 3 * slot + kBlock;
+          for (int d = 0; d < 3; ++d) mid[d] = ring + (p + d + 2) % 3 * slot + kBlock;
           phase[p] = rows2.reads(mid);
         }
       }
@@ -368,7 +381,7 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
         image = n;
         for (std::int64_t r = computed + 1; r <= hi_row; ++r)
           rows1.run(src1, (n * s.src_blocks * hp + r * first.stride_h) * wp * kBlock,
-                    OutRow(ring.get() + (r % 3) * slot + kBlock, slot_row));
+                    OutRow(ring + (r % 3) * slot + kBlock, slot_row));
         computed = std::max(computed, hi_row);
         const OutRow out(y + n * mb2 * out_cell, residual ? residual + n * mb2 * out_cell : nullptr, mb2, h2, w2, i);
         if (lo_row >= 0 && lo_row + 2 < h1) {
@@ -377,7 +390,7 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
           const float* mid[3];
           for (int d = 0; d < 3; ++d) {
             const std::int64_t r = lo_row + d;
-            mid[d] = ring.get() + (r >= 0 && r < h1 ? r % 3 : 3) * slot + kBlock;
+            mid[d] = ring + (r >= 0 && r < h1 ? r % 3 : 3) * slot + kBlock;
           }
           rows2.run(rows2.reads(mid), 0, out);
         }
