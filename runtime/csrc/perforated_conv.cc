@@ -258,18 +258,37 @@ void append_perm_plan(const PanelGeometry& g, const PermSegment* segs, int count
   panel.first_segment = static_cast<std::int64_t>(plan.segments.size());
   plan.segments.insert(plan.segments.end(), segs, segs + count);
   panel.first_op = static_cast<std::int64_t>(plan.ops.size());
+  // Per vector, the narrow segments (all taps within the window's first 16 floats) first.
+  const std::int64_t reach = (g.kernel_w - 1) * g.dilation_w;
+  std::vector<int> order;
+  std::vector<std::uint16_t> narrow(static_cast<std::size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    std::int32_t top = 0;
+    for (int l = 0; l < 16; ++l)
+      if (segs[i].lanes >> l & 1u) top = std::max(top, segs[i].index[l]);
+    narrow[static_cast<std::size_t>(i)] = top + reach < 16 ? 1 : 0;
+  }
+  for (int i = 0; i < count;) {
+    int j = i;
+    while (j < count && segs[j].vector == segs[i].vector) ++j;
+    for (int pass = 1; pass >= 0; --pass)
+      for (int k = i; k < j; ++k)
+        if (narrow[static_cast<std::size_t>(k)] == pass) order.push_back(k);
+    i = j;
+  }
   for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
-    for (int i = 0; i < count; ++i) {
+    for (const int i : order) {
       const PermSegment& sg = segs[i];
+      const bool thin = narrow[static_cast<std::size_t>(i)] != 0;
       const std::int64_t y = sg.iy + ky * g.dilation_h;
       const std::int64_t x = sg.ix;
       const bool row = y >= 0 && y < g.height;
       const std::uint16_t lo = row ? bits(-x, g.width - x) : static_cast<std::uint16_t>(0);
-      const std::uint16_t hi = row ? bits(-x - 16, g.width - x - 16) : static_cast<std::uint16_t>(0);
+      const std::uint16_t hi = row && !thin ? bits(-x - 16, g.width - x - 16) : static_cast<std::uint16_t>(0);
       // A window outside the image loads nothing and stores the zero padding.
       plan.ops.push_back(PermOp{static_cast<std::int32_t>(lo || hi ? y * g.width + x : 0),
                                 static_cast<std::int32_t>(ky * g.kernel_w * nr + 16 * sg.vector), sg.lanes, lo, hi,
-                                static_cast<std::uint16_t>(i)});
+                                static_cast<std::uint16_t>(i), static_cast<std::uint16_t>(thin ? 1 : 0)});
     }
   }
   panel.ops = static_cast<int>(static_cast<std::int64_t>(plan.ops.size()) - panel.first_op);
@@ -280,7 +299,7 @@ void append_perm_plan(const PanelGeometry& g, const PermSegment* segs, int count
     const PermOp op = plan.ops[static_cast<std::size_t>(i)];
     if (!op.lo && !op.hi) continue;
     const std::int64_t first = op.offset >> 4;
-    const std::int64_t last = (op.offset + 31) >> 4;
+    const std::int64_t last = (op.offset + (op.narrow ? 15 : 31)) >> 4;
     for (std::int64_t line = first; line <= last && nlines < kMaxPermLines; ++line) {
       bool seen = false;
       for (int j = 0; j < nlines && !seen; ++j) seen = plan.lines[static_cast<std::size_t>(panel.first_line + j)] == line * 16;

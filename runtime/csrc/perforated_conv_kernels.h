@@ -57,6 +57,9 @@ struct PermOp {  // one segment and kernel row
   std::int32_t dst;     // from the channel's first packed row: (ky * kernel_w) * nr + 16 * vector
   std::uint16_t lanes, lo, hi;  // lanes stored; load masks of the window's two halves
   std::uint16_t segment;        // into PermPlan::segment
+  // 1: every tap's index is below 16, so the window's first half is all it reads (one load and a
+  // one-table vpermps, hi == 0).  A group's narrow ops come first.
+  std::uint16_t narrow;
 };
 struct PermPlan {  // a view of one panel's part of the plan's arrays
   const PermOp* op = nullptr;
