@@ -100,7 +100,7 @@ PerforatedKernels choose_kernels(const GemmIsa& isa) {
 #else
   (void)isa;
 #endif
-  return {&pack_generic, &fill_generic, nullptr, nullptr};
+  return {&pack_generic, &fill_generic, nullptr, nullptr, nullptr};
 }
 
 // Chosen once, from the first GemmIsa seen (there is one per process, see gemm_isa()).
@@ -433,7 +433,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
   const std::int64_t taps = s.kernel_h * s.kernel_w;
   const PanelGeometry geometry{plane_in, cin_per_group, s.height, s.width,
                                s.kernel_h, s.kernel_w, s.dilation_h, s.dilation_w};
-  const bool kblocked = kernels.acc_tile && isa.mr == 12 && isa.nr == 32;
+  const bool kblocked = kernels.acc_rows && isa.mr == 12 && isa.nr == 32;
 
   // K blocks (whole channels) and position blocks.  Without K-blocking, a work item packs all
   // of K for its panels first (within kPackedBudget, at least kMinPanels panels).
@@ -493,6 +493,13 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     if (kblocked) {
       // Per K block and panel: pack (into L1), then every row block of the weights over it.
       packed.resize(static_cast<std::size_t>(kb_channels * taps * nr));
+      thread_local std::vector<TileRow> rows;
+      rows.clear();
+      for (std::int64_t m = m_begin; m < m_end; m += weights.block_rows(m)) {
+        const std::int64_t row = g * m_per_group + m;
+        rows.push_back(TileRow{weights.block(row), bias ? bias + row : nullptr, static_cast<std::ptrdiff_t>(row * count),
+                               static_cast<int>(weights.block_rows(m))});
+      }
       for (std::int64_t kb = 0; kb < kblocks; ++kb) {
         const std::int64_t c0 = kb * kb_channels;
         const std::int64_t channels = std::min(kb_channels, cin_per_group - c0);
@@ -501,12 +508,8 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
         for (std::int64_t q = 0; q < panels; ++q) {
           const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
           pack_panel(q, c0, channels, packed.data());
-          for (std::int64_t m = m_begin; m < m_end; m += weights.block_rows(m)) {
-            const std::int64_t row = g * m_per_group + m;
-            const int mr = static_cast<int>(weights.block_rows(m));
-            kernels.acc_tile(kc, weights.block(row) + k0 * mr, mr, packed.data(), cols_here,
-                             bias ? bias + row : nullptr, kb > 0, out + row * count + q * nr, count);
-          }
+          kernels.acc_rows(kc, static_cast<std::ptrdiff_t>(k0), rows.data(), static_cast<int>(rows.size()),
+                           packed.data(), cols_here, kb > 0, out + q * nr, count);
         }
       }
       return;

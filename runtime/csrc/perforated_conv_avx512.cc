@@ -223,7 +223,7 @@ void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan,
 }  // namespace
 
 PerforatedKernels perforated_kernels_avx512() {
-  return {&pack, &fill, &perm_pack, perforated_acc_tile_avx512()};
+  return {&pack, &fill, &perm_pack, perforated_acc_tile_avx512(), perforated_acc_rows_avx512()};
 }
 
 }  // namespace onnxopt

@@ -16,13 +16,14 @@ namespace {
 constexpr int kMR = 12;
 constexpr int kNR = 32;
 
-template <int MR, int NV>
-void tile(int K, const float* a, const float* b, int nc, const float* bias, bool load, float* c,
-          std::ptrdiff_t ldc) {
+// FULL: nc == 16 * NV (unmasked loads and stores).
+template <int MR, int NV, bool FULL = false>
+inline __attribute__((always_inline)) void tile_body(int K, const float* a, const float* b, int nc,
+                                                     const float* bias, bool load, float* c, std::ptrdiff_t ldc) {
   __mmask16 mask[NV];
 #pragma GCC unroll 2
   for (int v = 0; v < NV; ++v) {
-    const int left = nc - 16 * v;
+    const int left = FULL ? 16 : nc - 16 * v;
     mask[v] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
   }
   __m512 acc[MR][NV];
@@ -59,6 +60,12 @@ void tile(int K, const float* a, const float* b, int nc, const float* bias, bool
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask[v], acc[r][v]);
   }
+}
+
+template <int MR, int NV>
+void tile(int K, const float* a, const float* b, int nc, const float* bias, bool load, float* c,
+          std::ptrdiff_t ldc) {
+  tile_body<MR, NV>(K, a, b, nc, bias, load, c, ldc);
 }
 
 using Fn = void (*)(int, const float*, const float*, int, const float*, bool, float*, std::ptrdiff_t);
@@ -140,8 +147,26 @@ void acc_tile(int K, const float* a, int mr, const float* b, int nc, const float
   kNarrow[rest - 1](K, a, mr, b + 16 * full, bias, load, c + 16 * full, ldc);
 }
 
+// A panel's row blocks in one call: full-width 12- and 11-row tiles (what PackedWeights' row
+// blocks mostly are) inlined here, anything else through acc_tile.
+void acc_rows(int K, std::ptrdiff_t k0, const TileRow* rows, int n, const float* b, int nc, bool load, float* c,
+              std::ptrdiff_t ldc) {
+  for (int i = 0; i < n; ++i) {
+    const TileRow& r = rows[i];
+    const float* a = r.a + k0 * r.mr;
+    float* ci = c + r.c;
+    if (nc == kNR && r.mr == 12)
+      tile_body<12, 2, true>(K, a, b, nc, r.bias, load, ci, ldc);
+    else if (nc == kNR && r.mr == 11)
+      tile_body<11, 2, true>(K, a, b, nc, r.bias, load, ci, ldc);
+    else
+      acc_tile(K, a, r.mr, b, nc, r.bias, load, ci, ldc);
+  }
+}
+
 }  // namespace
 
 PerforatedAccTileFn perforated_acc_tile_avx512() { return &acc_tile; }
+PerforatedAccRowsFn perforated_acc_rows_avx512() { return &acc_rows; }
 
 }  // namespace onnxopt
