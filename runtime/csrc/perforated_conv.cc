@@ -508,8 +508,9 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
         for (std::int64_t q = 0; q < panels; ++q) {
           const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
           pack_panel(q, c0, channels, packed.data());
+          const std::ptrdiff_t next_k0 = q + 1 < panels ? k0 : kb + 1 < kblocks ? k0 + kc : -1;
           kernels.acc_rows(kc, static_cast<std::ptrdiff_t>(k0), rows.data(), static_cast<int>(rows.size()),
-                           packed.data(), cols_here, kb > 0, out + q * nr, count);
+                           packed.data(), cols_here, kb > 0, out + q * nr, count, next_k0);
         }
       }
       return;

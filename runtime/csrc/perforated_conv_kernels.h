@@ -88,8 +88,10 @@ struct TileRow {
 };
 // All of a panel's tiles of one K block, row block after row block: acc_tile(K, rows[i].a + k0 *
 // rows[i].mr, rows[i].mr, b, nc, rows[i].bias, load, c + rows[i].c, ldc) for i < n.
+// next_k0: the K block offset of the next call's first row block (its weights are prefetched
+// during the last tile), or -1.
 using PerforatedAccRowsFn = void (*)(int K, std::ptrdiff_t k0, const TileRow* rows, int n, const float* b, int nc,
-                                     bool load, float* c, std::ptrdiff_t ldc);
+                                     bool load, float* c, std::ptrdiff_t ldc, std::ptrdiff_t next_k0);
 
 struct PerforatedKernels {
   PerforatedPackFn pack;
