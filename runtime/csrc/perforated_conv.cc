@@ -494,7 +494,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     const std::int64_t m_end = weights.snap(std::min(m_per_group, (split + 1) * split_rows));
     thread_local std::vector<float> packed;
     if (kblocked) {
-      // Per K block and panel: pack (into L1), then every row block of the weights over it.
+      // Per K block and panel: pack (into L2), then every row block of the weights over it.
       packed.resize(static_cast<std::size_t>(kb_channels * taps * nr));
       thread_local std::vector<TileRow> rows;
       rows.clear();

@@ -1,9 +1,9 @@
 // AVX-512F tiles of PerforatedConv's K-blocked GEMM (see perforated_conv_kernels.h): gemm.h's
 // 12x32 tile and its narrow column tail, but a tile either starts from the bias (first K block)
 // or from the partial sums it stored for the previous K block (the later ones), so that one K
-// block of the packed input (a few dozen channels) stays in L1 while every row block of the
-// weights runs over it.  Storing and reloading fp32 partial sums does not change them: the sums
-// are those of one full-K pass, in the same order.
+// block of the packed input (up to ~2304 k) stays in L2 while every row block of the weights
+// runs over it.  Storing and reloading fp32 partial sums does not change them: the 12x32 tiles'
+// sums are those of one full-K pass, in the same order (the narrow tail's are per K block).
 // Compiled with -mavx512f -mfma; only called after the CPU check that chose the AVX-512 GEMM.
 // No std:: templates in this file (an out-of-line copy could be picked for non-AVX-512 code).
 #include <immintrin.h>
