@@ -8,8 +8,8 @@
 // packed tiles against the packed weights into a compact [N, Cout, P] buffer, and a second
 // parallel pass scatters that buffer to [N, Cout, Ho, Wo] through `fill`.  No full-size im2col
 // buffer and no dense output are ever built.  With AVX-512 the GEMM is K-blocked (per K block of
-// a few dozen channels and per panel: pack into L1, then every row block of the weights over it,
-// accumulating into the compact buffer) and panels whose positions cluster on a few output rows
+// up to ~2304 k, all channels of a 3x3 256-channel conv, and per panel: pack into L2, then every
+// row block of the weights over it, accumulating into the compact buffer) and panels whose positions cluster on a few output rows
 // are packed from row windows with permutes (perforated_conv_kernels.h: PermSegment); other
 // panels, and other ISAs, gather.  onnxruntime-free, like address_conv.h.
 #pragma once

@@ -96,13 +96,15 @@ inline void prefetch_lines(const float* plane, const std::int64_t* line, int lin
 }
 
 // One group of ops (the segments of one 16-lane vector at one kernel row; consecutive in the
-// plan, same dst) over all channels: per channel two masked loads per segment (zeros outside the
-// image), then per kernel column the segments' permutes merged in registers (the first one fills
-// every lane, the others are blended in over their lanes) and one unmasked store.  Lanes that no
-// segment fills (columns >= nc of the last panel) get values of the first segment's window: real
-// inputs or zeros, which the tiles compute with but never store.  KW > 0: kernel_w fixed.  The
-// first group prefetches the panel's input lines kPrefetchChannels channel planes ahead.
-template <int S, int KW>
+// plan, same dst; the N narrow ones first) over all channels: per channel a masked load per
+// narrow segment and two per other segment (zeros outside the image), then per kernel column the
+// segments' permutes (a one-table `vpermps` for the narrow ones, about half the cost of the
+// two-table `vpermt2ps` here) merged in registers (the first one fills every lane, the others are
+// blended in over their lanes) and one unmasked store.  Lanes that no segment fills (columns >= nc
+// of the last panel) get values of the first segment's window: real inputs or zeros, which the
+// tiles compute with but never store.  KW > 0: kernel_w fixed.  The first group prefetches the
+// panel's input lines kPrefetchChannels channel planes ahead.
+template <int S, int N, int KW>
 void perm_group(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, bool prefetch,
                 std::int64_t nr, float* dst) {
   __m512i idx[S][KW];
@@ -120,20 +122,24 @@ void perm_group(const float* image, const PanelGeometry& g, const PermPlan& plan
   }
   float* out = dst + ops[0].dst;
   const float* plane = image;
-  for (std::int64_t c = 0; c < g.channels; ++c, plane += g.plane, out += plan.stride) {
-    if (prefetch && c + kPrefetchChannels < g.channels)
-      prefetch_lines(plane + kPrefetchChannels * g.plane, plan.line, plan.lines);
+  const std::int64_t channels = g.channels, step = g.plane, stride = plan.stride;
+  for (std::int64_t c = 0; c < channels; ++c, plane += step, out += stride) {
+    if (prefetch && c + kPrefetchChannels < channels)
+      prefetch_lines(plane + kPrefetchChannels * step, plan.line, plan.lines);
     __m512 l[S], h[S];
 #pragma GCC unroll 4
     for (int s = 0; s < S; ++s) {
       l[s] = _mm512_maskz_loadu_ps(lo[s], plane + off[s]);
-      h[s] = _mm512_maskz_loadu_ps(hi[s], plane + off[s] + 16);
+      if (s >= N) h[s] = _mm512_maskz_loadu_ps(hi[s], plane + off[s] + 16);
     }
 #pragma GCC unroll 8
     for (int kx = 0; kx < KW; ++kx) {
-      __m512 v = _mm512_permutex2var_ps(l[0], idx[0][kx], h[0]);
+      __m512 v = N > 0 ? _mm512_permutexvar_ps(idx[0][kx], l[0]) : _mm512_permutex2var_ps(l[0], idx[0][kx], h[0]);
 #pragma GCC unroll 4
-      for (int s = 1; s < S; ++s) v = _mm512_mask_mov_ps(v, lanes[s], _mm512_permutex2var_ps(l[s], idx[s][kx], h[s]));
+      for (int s = 1; s < S; ++s)
+        v = _mm512_mask_mov_ps(v, lanes[s],
+                               s < N ? _mm512_permutexvar_ps(idx[s][kx], l[s])
+                                     : _mm512_permutex2var_ps(l[s], idx[s][kx], h[s]));
       _mm512_storeu_ps(out + kx * nr, v);
     }
   }
@@ -164,16 +170,31 @@ void perm_ops(const float* image, const PanelGeometry& g, const PermPlan& plan, 
   }
 }
 
+using GroupFn = void (*)(const float*, const PanelGeometry&, const PermPlan&, const PermOp*, bool, std::int64_t,
+                         float*);
+
+// [segments - 1][narrow ones], up to kMaxGroup segments (perm_ops past that).
+constexpr int kMaxGroup = 4;
+template <int KW>
+struct Groups {
+  static constexpr GroupFn table[kMaxGroup][kMaxGroup + 1] = {
+      {&perm_group<1, 0, KW>, &perm_group<1, 1, KW>, nullptr, nullptr, nullptr},
+      {&perm_group<2, 0, KW>, &perm_group<2, 1, KW>, &perm_group<2, 2, KW>, nullptr, nullptr},
+      {&perm_group<3, 0, KW>, &perm_group<3, 1, KW>, &perm_group<3, 2, KW>, &perm_group<3, 3, KW>, nullptr},
+      {&perm_group<4, 0, KW>, &perm_group<4, 1, KW>, &perm_group<4, 2, KW>, &perm_group<4, 3, KW>,
+       &perm_group<4, 4, KW>}};
+};
+
 template <int KW>
 void perm_group_kw(const float* image, const PanelGeometry& g, const PermPlan& plan, const PermOp* ops, int count,
                    bool prefetch, std::int64_t nr, float* dst) {
-  switch (count) {
-    case 1: perm_group<1, KW>(image, g, plan, ops, prefetch, nr, dst); return;
-    case 2: perm_group<2, KW>(image, g, plan, ops, prefetch, nr, dst); return;
-    case 3: perm_group<3, KW>(image, g, plan, ops, prefetch, nr, dst); return;
-    case 4: perm_group<4, KW>(image, g, plan, ops, prefetch, nr, dst); return;
-    default: perm_ops(image, g, plan, ops, count, prefetch, nr, dst); return;
+  if (count > kMaxGroup) {
+    perm_ops(image, g, plan, ops, count, prefetch, nr, dst);
+    return;
   }
+  int narrow = 0;
+  while (narrow < count && ops[narrow].narrow) ++narrow;
+  Groups<KW>::table[count - 1][narrow](image, g, plan, ops, prefetch, nr, dst);
 }
 
 // Group by group (a kernel row of a 16-lane vector), each over all channels: the group's window
@@ -202,7 +223,7 @@ void perm_pack(const float* image, const PanelGeometry& g, const PermPlan& plan,
 }  // namespace
 
 PerforatedKernels perforated_kernels_avx512() {
-  return {&pack, &fill, &perm_pack, perforated_acc_tile_avx512()};
+  return {&pack, &fill, &perm_pack, perforated_acc_tile_avx512(), perforated_acc_rows_avx512()};
 }
 
 }  // namespace onnxopt

@@ -57,6 +57,9 @@ struct PermOp {  // one segment and kernel row
   std::int32_t dst;     // from the channel's first packed row: (ky * kernel_w) * nr + 16 * vector
   std::uint16_t lanes, lo, hi;  // lanes stored; load masks of the window's two halves
   std::uint16_t segment;        // into PermPlan::segment
+  // 1: every tap's index is below 16, so the window's first half is all it reads (one load and a
+  // one-table vpermps, hi == 0).  A group's narrow ops come first.
+  std::uint16_t narrow;
 };
 struct PermPlan {  // a view of one panel's part of the plan's arrays
   const PermOp* op = nullptr;
@@ -75,15 +78,32 @@ using PerforatedPermPackFn = void (*)(const float* image, const PanelGeometry& g
 using PerforatedAccTileFn = void (*)(int K, const float* a, int mr, const float* b, int nc, const float* bias,
                                      bool load, float* c, std::ptrdiff_t ldc);
 
+// One row block of the weights a panel's tiles run over: its packed rows (K block k0 starts at
+// a + k0 * mr), its bias (or null) and its first output row in c.
+struct TileRow {
+  const float* a;
+  const float* bias;
+  std::ptrdiff_t c;
+  int mr;
+};
+// All of a panel's tiles of one K block, row block after row block: acc_tile(K, rows[i].a + k0 *
+// rows[i].mr, rows[i].mr, b, nc, rows[i].bias, load, c + rows[i].c, ldc) for i < n.
+// next_k0: the K block offset of the next call's first row block (its weights are prefetched
+// during the last tile), or -1.
+using PerforatedAccRowsFn = void (*)(int K, std::ptrdiff_t k0, const TileRow* rows, int n, const float* b, int nc,
+                                     bool load, float* c, std::ptrdiff_t ldc, std::ptrdiff_t next_k0);
+
 struct PerforatedKernels {
   PerforatedPackFn pack;
   PerforatedFillFn fill;
   PerforatedPermPackFn perm_pack;  // null where the ISA has no two-table permute
   PerforatedAccTileFn acc_tile;    // 12 x 32 K-block tiles; null: one K block with GemmIsa::tile
+  PerforatedAccRowsFn acc_rows;    // acc_tile over a panel's row blocks (null where acc_tile is)
 };
 
 // Valid only where the CPU has AVX-512F; nr must be a multiple of 16.
 PerforatedKernels perforated_kernels_avx512();
 PerforatedAccTileFn perforated_acc_tile_avx512();
+PerforatedAccRowsFn perforated_acc_rows_avx512();
 
 }  // namespace onnxopt
