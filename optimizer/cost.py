@@ -43,6 +43,13 @@ def _group(node: onnx.NodeProto) -> int:
     return 1
 
 
+def strided_size(node: onnx.NodeProto, h: int, w: int, attr: str = "strides") -> tuple[int, int]:
+    """(ceil(h / sh), ceil(w / sw)) with the node's ints attribute ``attr`` (default [1, 1]): the
+    output size of a 1x1 (Address)Conv."""
+    sh, sw = next((list(a.ints) for a in node.attribute if a.name == attr), [1, 1])
+    return -(-h // sh), -(-w // sw)
+
+
 @mac_rule("Conv")
 def _conv_macs(node, shapes, inits):
     w, y = shapes.get(node.input[1]), shapes.get(node.output[0])

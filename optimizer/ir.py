@@ -449,6 +449,12 @@ def is_graph_output(graph: gs.Graph, t: gs.Tensor) -> bool:
     return any(o is t for o in graph.outputs)
 
 
+def only_consumer(graph: gs.Graph, t: gs.Tensor) -> gs.Node | None:
+    """The one node reading ``t`` (once), when nothing else reads it and it is not a graph output."""
+    users = consumers(t)
+    return users[0] if len(users) == 1 and not is_graph_output(graph, t) else None
+
+
 def nodes_of(graph: gs.Graph, *ops: str, domain: str = "") -> Iterable[gs.Node]:
     """Nodes of the given op types (standard domain unless ``domain`` says otherwise)."""
     doms = ("", "ai.onnx") if domain in ("", "ai.onnx") else (domain,)

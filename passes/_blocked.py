@@ -27,7 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt import ir
-from onnxopt.cost import mac_rule
+from onnxopt.cost import mac_rule, strided_size
 from onnxopt.runtime import ops
 
 MIN_NODES = 3
@@ -40,8 +40,7 @@ def _blocked_address_conv_macs(node, shapes, inits):
     x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
     if x is None or w is None or len(x) != 5:
         return None
-    strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-    ho, wo = -(-(x[2] - 2) // strides[0]), -(-(x[3] - 2) // strides[1])
+    ho, wo = strided_size(node, x[2] - 2, x[3] - 2)
     return int(x[0] * w[0] * ho * wo * w[1])
 
 
@@ -51,10 +50,8 @@ def _blocked_pair_macs(node, shapes, inits):
     x, w1, w2 = (shapes.get(node.input[i]) for i in (0, 1, 4))
     if x is None or w1 is None or w2 is None or len(x) != 5:
         return None
-    s1 = next((list(a.ints) for a in node.attribute if a.name == "first_strides"), [1, 1])
-    s2 = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-    h1, w1_ = -(-(x[2] - 2) // s1[0]), -(-(x[3] - 2) // s1[1])
-    ho, wo = -(-h1 // s2[0]), -(-w1_ // s2[1])
+    h1, w1_ = strided_size(node, x[2] - 2, x[3] - 2, "first_strides")
+    ho, wo = strided_size(node, h1, w1_)
     return int(x[0] * (w1[0] * h1 * w1_ * w1[1] + w2[0] * ho * wo * w2[1]))
 
 
@@ -69,9 +66,13 @@ def _eligible(node: gs.Node) -> bool:
     return bool(np.abs(address[:, 1:]).max(initial=0) <= 1)
 
 
+def _has_residual(node: gs.Node) -> bool:
+    return len(node.inputs) > 4 and bool(node.inputs[4].name)
+
+
 def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
     """X and, when present, the residual."""
-    return [node.inputs[0]] + ([node.inputs[4]] if len(node.inputs) > 4 and node.inputs[4].name else [])
+    return [node.inputs[0]] + ([node.inputs[4]] if _has_residual(node) else [])
 
 
 def _components(nodes: list[gs.Node]) -> list[list[gs.Node]]:
@@ -169,23 +170,18 @@ def block_chains(graph: gs.Graph) -> tuple[int, int]:
 MAX_ENTRY_K = 256
 
 
-def _sole_user(graph: gs.Graph, t: gs.Tensor, node: gs.Node) -> bool:
-    users = ir.consumers(t)
-    return not ir.is_graph_output(graph, t) and len(users) == 1 and users[0] is node
-
-
 def _entry_conv(graph: gs.Graph, to_blocked: gs.Node):
     """(Conv, Relu or None) computing ToBlocked's input alone, when the Conv is an AddressConv in
     disguise: group 1, no dilation, an odd kernel of at most 3x3 with "same" pads, constant weights
     and at most MAX_ENTRY_K input taps (channels x kernel positions)."""
     t = to_blocked.inputs[0]
     relu = ir.producer(t)
-    if relu is not None and relu.op == "Relu" and _sole_user(graph, t, to_blocked):
+    if relu is not None and relu.op == "Relu" and ir.only_consumer(graph, t) is to_blocked:
         t, user = relu.inputs[0], relu
     else:
         relu, user = None, to_blocked
     conv = ir.producer(t)
-    if conv is None or conv.op != "Conv" or not _sole_user(graph, t, user) or len(conv.inputs) < 2:
+    if conv is None or conv.op != "Conv" or ir.only_consumer(graph, t) is not user or len(conv.inputs) < 2:
         return None
     w = ir.const_value(conv.inputs[1])
     b = ir.const_value(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2].name else None
@@ -210,7 +206,7 @@ def absorb_entry_convs(graph: gs.Graph) -> int:
     NCHW (ReorderOutput) and then blocked (ToBlocked): three passes over its output where blocking
     the 3-channel image and running the conv blocked (K = 27) makes one."""
     count = 0
-    for tb in [n for n in graph.nodes if n.op == ops.TO_BLOCKED and n.domain == ops.DOMAIN]:
+    for tb in list(ir.nodes_of(graph, ops.TO_BLOCKED, domain=ops.DOMAIN)):
         found = _entry_conv(graph, tb)
         if found is None:
             continue
@@ -246,12 +242,11 @@ def pool_exits(graph: gs.Graph) -> int:
     BlockedGlobalAveragePool, which reads each blocked cell once and writes only the means; returns
     how many."""
     count = 0
-    for fb in [n for n in graph.nodes if n.op == ops.FROM_BLOCKED and n.domain == ops.DOMAIN]:
+    for fb in list(ir.nodes_of(graph, ops.FROM_BLOCKED, domain=ops.DOMAIN)):
         t = fb.outputs[0]
-        users = ir.consumers(t)
-        if ir.is_graph_output(graph, t) or len(users) != 1 or users[0].op != "GlobalAveragePool":
+        pool = ir.only_consumer(graph, t)
+        if pool is None or pool.op != "GlobalAveragePool":
             continue
-        pool = users[0]
         xb, out = fb.inputs[0], pool.outputs[0]
         for n in (fb, pool):
             n.inputs.clear()
@@ -263,10 +258,6 @@ def pool_exits(graph: gs.Graph) -> int:
     if count:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return count
-
-
-def _has_residual(node: gs.Node) -> bool:
-    return len(node.inputs) > 4 and bool(node.inputs[4].name)
 
 
 def pair_convs(graph: gs.Graph) -> int:
@@ -282,11 +273,8 @@ def pair_convs(graph: gs.Graph) -> int:
         if a.op != ops.BLOCKED_ADDRESS_CONV or id(a) in taken or _has_residual(a):
             continue
         mid = a.outputs[0]
-        users = ir.consumers(mid)
-        if ir.is_graph_output(graph, mid) or len(users) != 1:
-            continue
-        b = users[0]
-        if b.op != ops.BLOCKED_ADDRESS_CONV or id(b) in taken or b.inputs[0] is not mid \
+        b = ir.only_consumer(graph, mid)
+        if b is None or b.op != ops.BLOCKED_ADDRESS_CONV or id(b) in taken or b.inputs[0] is not mid \
                 or any(t is mid for t in b.inputs[1:]):
             continue
         taken.update((id(a), id(b)))

@@ -90,7 +90,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt import ir
-from onnxopt.cost import mac_rule
+from onnxopt.cost import mac_rule, strided_size
 from onnxopt.passmanager import PassContext, PassResult, register
 from onnxopt.runtime import library_path, ops
 from onnxopt.runtime.functions import MIN_OPSET
@@ -106,8 +106,7 @@ def _address_conv_macs(node, shapes, inits):
     x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
     if x is None or w is None or len(x) != 4:
         return None
-    strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-    ho, wo = -(-x[2] // strides[0]), -(-x[3] // strides[1])
+    ho, wo = strided_size(node, x[2], x[3])
     return int(x[0] * w[0] * ho * wo * w[1])
 
 
@@ -585,7 +584,7 @@ class ShiftPass:
         shift = one_hot_shift(node) if _is_conv(node) else None
         if shift is None:
             return None
-        if ir.is_graph_output(self.graph, t) or len(ir.consumers(t)) != 1:
+        if ir.only_consumer(self.graph, t) is None:
             return None  # the shift stays (reported by _report_standalone_shifts); its output is read as is
         dy, dx, scale, bias = shift
         inner = self._view(node.inputs[0], node)
@@ -693,10 +692,9 @@ class ShiftPass:
         """Fold a following residual Add, then a Relu / constant Clip, into the AddressConv ``node``."""
         while True:
             out = node.outputs[0]
-            users = ir.consumers(out)
-            if ir.is_graph_output(self.graph, out) or len(users) != 1 or (users[0].domain or "") not in ("", "ai.onnx"):
+            user = ir.only_consumer(self.graph, out)
+            if user is None or (user.domain or "") not in ("", "ai.onnx"):
                 return
-            user = users[0]
             if user.op == "Add" and len(node.inputs) == 4 and "clip_min" not in node.attrs:
                 others = [t for t in user.inputs if t is not out]
                 if len(user.inputs) != 2 or len(others) != 1 or not _same_static_shape(others[0], out):
