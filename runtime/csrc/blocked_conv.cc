@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <memory>
 #include <cstring>
+#include <memory>
+#include <utility>
 
 namespace onnxopt {
 namespace {
@@ -74,10 +75,10 @@ RowPlan plan_row(std::int64_t out_blocks, std::int64_t out_width, std::int64_t k
   RowPlan best;
   double best_cost = -1;
   for (int f = 1; f <= kBlockedMaxF && f <= out_blocks; ++f) {
-    const std::int64_t ngroups = (out_blocks + f - 1) / f;
-    const int fmax = static_cast<int>((out_blocks + ngroups - 1) / ngroups);
+    const std::int64_t ngroups = ceil_div(out_blocks, f);
+    const int fmax = static_cast<int>(ceil_div(out_blocks, ngroups));
     const int rmax = blocked_max_r(fmax);
-    const std::int64_t nruns = (out_width + rmax - 1) / rmax;
+    const std::int64_t nruns = ceil_div(out_width, rmax);
     RowPlan plan{balanced(out_blocks, ngroups), balanced(out_width, nruns)};
     double cost = 0;
     for (const Span& g : plan.groups) {
@@ -126,8 +127,6 @@ struct OutRow {
   }
 };
 
-// One blocked AddressConv as rows of tiles.  A source row is given per displacement dy in
-// {-1, 0, 1} as the cell of its position 0 in block 0, blocks `src_block_stride` apart.
 // One blocked AddressConv as rows of tiles.  A source row is given per displacement dy in
 // {-1, 0, 1} as the cell of its position 0 in block 0, blocks `src_block_stride` apart.
 class StageRows {
@@ -186,9 +185,9 @@ BlockedRowPlan::BlockedRowPlan(std::int64_t out_channels_, const std::int32_t* a
                                std::int64_t out_width_, std::int64_t src_block_stride_)
     : out_channels(out_channels_), out_width(out_width_), src_block_stride(src_block_stride_),
       address(address_, address_ + 3 * k) {
-  const RowPlan plan = plan_row(blocks_of(out_channels), out_width, k);
-  groups = plan.groups;
-  runs = plan.runs;
+  RowPlan plan = plan_row(blocks_of(out_channels), out_width, k);
+  groups = std::move(plan.groups);
+  runs = std::move(plan.runs);
   const std::int64_t tail = out_channels % kBlock;
   tail_lanes = tail ? static_cast<std::uint16_t>((1u << tail) - 1u) : 0xFFFF;
   row_of.resize(static_cast<std::size_t>(k));
@@ -306,8 +305,8 @@ void blocked_global_average_pool(const float* x, std::int64_t batch, std::int64_
 
 void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedStage& stage, const float* residual,
                           float* y, const GemmIsa& isa, const ParallelFor& parallel_for) {
-  const std::int64_t ho = (s.height + stage.stride_h - 1) / stage.stride_h;
-  const std::int64_t wo = (s.width + stage.stride_w - 1) / stage.stride_w, mb = blocks_of(stage.out_channels);
+  const std::int64_t ho = ceil_div(s.height, stage.stride_h), wo = ceil_div(s.width, stage.stride_w);
+  const std::int64_t mb = blocks_of(stage.out_channels);
   const std::int64_t hp = s.height + 2, wp = s.width + 2, out_cell = (ho + 2) * (wo + 2) * kBlock;
   if (s.batch == 0 || mb == 0) return;
   if (ho == 0 || wo == 0) {
@@ -328,10 +327,8 @@ void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedSt
 void blocked_address_conv_pair(const BlockedInput& s, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
                                const ParallelFor& parallel_for) {
-  const std::int64_t h1 = (s.height + first.stride_h - 1) / first.stride_h;
-  const std::int64_t w1 = (s.width + first.stride_w - 1) / first.stride_w;
-  const std::int64_t h2 = (h1 + second.stride_h - 1) / second.stride_h;
-  const std::int64_t w2 = (w1 + second.stride_w - 1) / second.stride_w;
+  const std::int64_t h1 = ceil_div(s.height, first.stride_h), w1 = ceil_div(s.width, first.stride_w);
+  const std::int64_t h2 = ceil_div(h1, second.stride_h), w2 = ceil_div(w1, second.stride_w);
   const std::int64_t mb1 = blocks_of(first.out_channels), mb2 = blocks_of(second.out_channels);
   const std::int64_t hp = s.height + 2, wp = s.width + 2, in_cell = hp * wp * kBlock;
   const std::int64_t slot_row = (w1 + 2) * kBlock, slot = mb1 * slot_row, out_cell = (h2 + 2) * (w2 + 2) * kBlock;
@@ -345,14 +342,14 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
   const float* in[3];  // the first conv's row 0 of image 0 reads padded rows 0, 1, 2 of X
   for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * kBlock;
   const std::vector<const float*> src1 = rows1.reads(in);
-  // Rows of the output are claimed G at a time by whichever call of `fn` gets there first.  A call
+  // Rows of the output are claimed `claim` at a time by whichever call of `fn` gets there first.  A call
   // keeps the first conv's last three rows in a ring (slot r % 3 holds row r; a fourth slot stays
   // zero for rows outside the image) and computes each of them once while its claims are
   // contiguous, as they all are on one thread; a claim that does not continue the previous one
   // restarts the ring.  The values do not depend on who computes them.
   const std::int64_t total = s.batch * h2, claim = 8;
   std::atomic<std::int64_t> next{0};
-  const std::size_t calls = static_cast<std::size_t>(std::min<std::int64_t>((total + claim - 1) / claim, 64));
+  const std::size_t calls = static_cast<std::size_t>(std::min<std::int64_t>(ceil_div(total, claim), 64));
   parallel_for(calls, [&](std::size_t) {
     float* ring = nullptr;
     // The second conv's reads per phase (i * stride) % 3 of its row i, all three rows inside.

@@ -19,6 +19,40 @@ std::string check_blocked(const char* what, const std::vector<std::int64_t>& d) 
   return {};
 }
 
+// Input X, required and blocked; its dims.
+std::vector<std::int64_t> checked_x(const Ort::ConstValue& x, const char* op) {
+  if (!x) fail_if(op, "input X is required");
+  std::vector<std::int64_t> xd = x.GetTensorTypeAndShapeInfo().GetShape();
+  fail_if(op, check_blocked("X", xd));
+  return xd;
+}
+
+std::int64_t channels_attr(const OrtApi& api, const OrtKernelInfo* info, const char* op) {
+  const std::int64_t c = int_attr(api, info, "channels", 0);
+  if (c < 1) fail_if(op, "attribute channels must be a positive integer, got " + std::to_string(c));
+  return c;
+}
+
+// Input 0: a blocked tensor of `channels` channels; its dims.
+std::vector<std::int64_t> blocked_input(Ort::KernelContext& ctx, std::int64_t channels, const char* op) {
+  const std::vector<std::int64_t> d = checked_x(ctx.GetInput(0), op);
+  if (d[1] != blocks_of(channels))
+    fail_if(op, "X has " + std::to_string(d[1]) + " channel blocks, channels = " + std::to_string(channels) +
+                    " needs " + std::to_string(blocks_of(channels)));
+  return d;
+}
+
+// The residual input `index` when given: it must have the output's shape `yd`.
+const float* residual_input(Ort::KernelContext& ctx, std::size_t index, const std::vector<std::int64_t>& yd,
+                            const char* op) {
+  if (ctx.GetInputCount() <= index) return nullptr;
+  const Ort::ConstValue r = ctx.GetInput(index);
+  if (!r) return nullptr;
+  const std::vector<std::int64_t> rd = r.GetTensorTypeAndShapeInfo().GetShape();
+  if (rd != yd) fail_if(op, "residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rd));
+  return r.GetTensorData<float>();
+}
+
 }  // namespace
 
 OrtStatusPtr ToBlockedKernel::ComputeV2(OrtKernelContext* context) {
@@ -39,26 +73,6 @@ OrtStatusPtr ToBlockedOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo*
 
 const char* ToBlockedOp::GetName() const { return kToBlocked; }
 
-namespace {
-
-std::int64_t channels_attr(const OrtApi& api, const OrtKernelInfo* info, const char* op) {
-  const std::int64_t c = int_attr(api, info, "channels", 0);
-  if (c < 1) fail_if(op, "attribute channels must be a positive integer, got " + std::to_string(c));
-  return c;
-}
-
-// Input 0: a blocked tensor of `channels` channels; its dims.
-std::vector<std::int64_t> blocked_input(Ort::KernelContext& ctx, std::int64_t channels, const char* op) {
-  const std::vector<std::int64_t> d = ctx.GetInput(0).GetTensorTypeAndShapeInfo().GetShape();
-  fail_if(op, check_blocked("X", d));
-  if (d[1] != blocks_of(channels))
-    fail_if(op, "X has " + std::to_string(d[1]) + " channel blocks, channels = " + std::to_string(channels) +
-                    " needs " + std::to_string(blocks_of(channels)));
-  return d;
-}
-
-}  // namespace
-
 FromBlockedKernel::FromBlockedKernel(const OrtApi& api, const OrtKernelInfo* info)
     : api_(api), isa_(gemm_isa()), channels_(channels_attr(api, info, kFromBlocked)) {}
 
@@ -71,6 +85,12 @@ OrtStatusPtr FromBlockedKernel::ComputeV2(OrtKernelContext* context) {
                  y.GetTensorMutableData<float>(), isa_, ort_parallel_for(ctx));
   });
 }
+
+OrtStatusPtr FromBlockedOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+  return cpu_status(api, false, [&] { *kernel = new FromBlockedKernel(api, info); });
+}
+
+const char* FromBlockedOp::GetName() const { return kFromBlocked; }
 
 BlockedGlobalAveragePoolKernel::BlockedGlobalAveragePoolKernel(const OrtApi& api, const OrtKernelInfo* info)
     : api_(api), channels_(channels_attr(api, info, kBlockedGlobalAveragePool)) {}
@@ -91,12 +111,6 @@ OrtStatusPtr BlockedGlobalAveragePoolOp::CreateKernelV2(const OrtApi& api, const
 }
 
 const char* BlockedGlobalAveragePoolOp::GetName() const { return kBlockedGlobalAveragePool; }
-
-OrtStatusPtr FromBlockedOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-  return cpu_status(api, false, [&] { *kernel = new FromBlockedKernel(api, info); });
-}
-
-const char* FromBlockedOp::GetName() const { return kFromBlocked; }
 
 BlockedStageInputs::BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* info, const char* op,
                                        const std::string& prefix, std::size_t w, std::size_t b, std::size_t address)
@@ -140,30 +154,6 @@ BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_
   }
   return {weights, run.bias.data(), a, wd[0], ad[0], attrs_.stride_h, attrs_.stride_w, clip_min_, clip_max_, &plans_};
 }
-
-namespace {
-
-// The residual input `index` when given: it must have the output's shape `yd`.
-const float* residual_input(Ort::KernelContext& ctx, std::size_t index, const std::vector<std::int64_t>& yd,
-                            const char* op) {
-  if (ctx.GetInputCount() <= index) return nullptr;
-  const Ort::ConstValue r = ctx.GetInput(index);
-  if (!r) return nullptr;
-  const std::vector<std::int64_t> rd = r.GetTensorTypeAndShapeInfo().GetShape();
-  if (rd != yd) fail_if(op, "residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rd));
-  return r.GetTensorData<float>();
-}
-
-std::vector<std::int64_t> checked_x(const Ort::ConstValue& x, const char* op) {
-  if (!x) fail_if(op, "input X is required");
-  std::vector<std::int64_t> xd = x.GetTensorTypeAndShapeInfo().GetShape();
-  fail_if(op, check_blocked("X", xd));
-  return xd;
-}
-
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-
-}  // namespace
 
 BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info)
     : api_(api), isa_(gemm_isa()),

@@ -43,8 +43,11 @@ struct PackRun {
   std::int64_t col;     // output column j of the first position
 };
 
+// ceil(a / b) for a >= 0, b > 0.
+inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
 // Scratch PackRun entries a block of `cols` output positions needs.
-inline std::int64_t pack_runs_capacity(std::int64_t cols, int nr) { return cols + (cols + nr - 1) / nr; }
+inline std::int64_t pack_runs_capacity(std::int64_t cols, int nr) { return cols + ceil_div(cols, nr); }
 
 // One work item's packing of AddressConv's GEMM input (see pack.h): for the k input channels of
 // one group and output positions [p0, p0 + cols) of one image, packed[panel][kk][nr] =

@@ -34,7 +34,6 @@ constexpr std::int64_t kKBlock = 2304;
 constexpr std::int64_t kBlockPanels = 4;
 
 std::int64_t round_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b * b; }
-std::int64_t div_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 // offsets[t * nr + j]: where tap t of kept position pos[j] reads in a channel plane, -1 in the
 // padding and for the columns j >= nc that pad the panel.
@@ -362,7 +361,7 @@ std::shared_ptr<const PerforatedPlan> make_perforated_plan(const PerforatedConvS
   const PanelGeometry geometry{s.height * s.width, 0, s.height, s.width, s.kernel_h, s.kernel_w,
                                s.dilation_h, s.dilation_w};
   const bool use_perm = kernels.perm_pack && nr % 16 == 0;
-  const std::int64_t panels = div_up(count, nr);
+  const std::int64_t panels = ceil_div(count, nr);
   plan->panels.resize(static_cast<std::size_t>(panels));
   std::vector<PermSegment> segments(static_cast<std::size_t>(kMaxSegments * nr / 16));
   std::int64_t gathers = 0;
@@ -443,21 +442,21 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
   std::int64_t kb_channels = cin_per_group;
   std::int64_t max_cols = kBlockPanels * isa.nr;
   if (kblocked) {
-    kb_channels = div_up(cin_per_group, std::max<std::int64_t>(1, div_up(k, kKBlock)));
+    kb_channels = ceil_div(cin_per_group, std::max<std::int64_t>(1, ceil_div(k, kKBlock)));
   } else {
     max_cols = std::max<std::int64_t>(
         kMinPanels * isa.nr,
         kPackedBudget / (static_cast<std::int64_t>(sizeof(float)) * std::max<std::int64_t>(k, 1)) / isa.nr * isa.nr);
   }
-  const std::int64_t kblocks = div_up(cin_per_group, kb_channels);
-  std::int64_t blocks = div_up(count, max_cols);
-  const std::int64_t cols = round_up(div_up(count, blocks), isa.nr);
-  blocks = div_up(count, cols);
+  const std::int64_t kblocks = ceil_div(cin_per_group, kb_channels);
+  std::int64_t blocks = ceil_div(count, max_cols);
+  const std::int64_t cols = round_up(ceil_div(count, blocks), isa.nr);
+  blocks = ceil_div(count, cols);
   std::int64_t splits = 1;
   const std::int64_t base_items = s.batch * s.group * blocks;
   while (base_items * splits < kMinItems && m_per_group / (splits * 2) >= kMinRowsPerSplit) splits *= 2;
-  const std::int64_t split_rows = round_up(div_up(m_per_group, splits), isa.mr);
-  splits = div_up(m_per_group, split_rows);
+  const std::int64_t split_rows = round_up(ceil_div(m_per_group, splits), isa.mr);
+  splits = ceil_div(m_per_group, split_rows);
 
   parallel_for(static_cast<std::size_t>(base_items * splits), [&](std::size_t item) {
     std::int64_t rest = static_cast<std::int64_t>(item);
@@ -469,7 +468,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     const std::int64_t n = rest / s.group;
     const std::int64_t p0 = b * cols;
     const std::int64_t nc = std::min(cols, count - p0);
-    const std::int64_t panels = div_up(nc, isa.nr);
+    const std::int64_t panels = ceil_div(nc, isa.nr);
     const std::int64_t nr = isa.nr;
 
     const float* image = x + (n * s.in_channels + g * cin_per_group) * plane_in;
@@ -537,7 +536,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
   // Fill: every output position takes its kept neighbour's value.
   const std::int64_t rows = s.batch * s.out_channels;
   const float* src_all = dst;
-  parallel_for(static_cast<std::size_t>(div_up(rows, kFillRows)), [&](std::size_t item) {
+  parallel_for(static_cast<std::size_t>(ceil_div(rows, kFillRows)), [&](std::size_t item) {
     const std::int64_t r0 = static_cast<std::int64_t>(item) * kFillRows;
     const std::int64_t r1 = std::min(rows, r0 + kFillRows);
     for (std::int64_t r = r0; r < r1; ++r) {
