@@ -412,5 +412,15 @@ def test_bundled_example_loads_runs_and_has_zero_filters():
 
 
 def test_make_examples_reproduces_the_bundled_file(tmp_path):
+    """Same graph and the same zero filters; weights equal up to float rounding (torch's CPU kernels
+    round differently across CPU families, so the bytes can differ in the last bits)."""
     assert make_examples.main([str(tmp_path)]) == 0
-    assert (tmp_path / "resnet20_pruned.onnx").read_bytes() == EXAMPLE.read_bytes()
+    made, bundled = onnx.load(str(tmp_path / "resnet20_pruned.onnx")), onnx.load(str(EXAMPLE))
+    assert made.graph.node == bundled.graph.node
+    assert made.graph.input == bundled.graph.input and made.graph.output == bundled.graph.output
+    a, b = initializers(made), initializers(bundled)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].shape == b[name].shape and a[name].dtype == b[name].dtype, name
+        assert ((a[name] == 0) == (b[name] == 0)).all(), name
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-6, err_msg=name)

@@ -294,7 +294,7 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
     // into the calling thread's buffer, then multiply the row splits in parallel.  With one
     // thread nothing is packed twice; the result does not depend on the split.
     const std::int64_t panels = div_up(positions, nr);
-    thread_local std::vector<float> shared;
+    thread_local AlignedVector<float> shared;
     shared.resize(static_cast<std::size_t>(panels * k * nr));
     float* packed = shared.data();
     const std::int64_t parts = std::min<std::int64_t>(splits, panels);
@@ -319,7 +319,7 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
     const std::int64_t n = rest / s.group;
     const std::int64_t p0 = b * cols;
     const std::int64_t nc = std::min(cols, positions - p0);
-    thread_local std::vector<float> packed;
+    thread_local AlignedVector<float> packed;
     packed.resize(static_cast<std::size_t>(div_up(nc, nr) * k * nr));
     pack(n, g, p0, nc, packed.data());
     multiply(n, g, p0, nc, packed.data(), 0, m_per_group, nullptr);

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned.h"
 #include "gemm.h"
 
 namespace onnxopt {
@@ -56,10 +57,10 @@ class PackedWeights {
  private:
   struct Channels {
     std::once_flag once;
-    std::vector<float> data;
+    AlignedVector<float> data;
     std::int64_t nw = 0, per_group = 0;
   };
-  std::vector<float> data_;
+  AlignedVector<float> data_;
   std::vector<std::int64_t> start_, rows_;  // per in-group row
   std::int64_t k_ = 0, out_channels_ = 0, group_ = 1;
   std::shared_ptr<Channels> channels_;

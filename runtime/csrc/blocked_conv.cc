@@ -43,13 +43,9 @@ using Span = BlockedRowPlan::Span;
 // fresh ~50 KiB allocation per run came back from the kernel with its pages faulted in again
 // (glibc trims the heap top on free), 5-10 us per pair inside onnxruntime.
 float* ring_scratch(std::size_t floats) {
-  thread_local std::unique_ptr<float[]> ring;
-  thread_local std::size_t size = 0;
-  if (size < floats) {
-    ring.reset(new float[floats]);
-    size = floats;
-  }
-  return ring.get();
+  thread_local AlignedVector<float> ring;
+  if (ring.size() < floats) ring = AlignedVector<float>(floats);
+  return ring.data();
 }
 
 // `total` cut into `parts` runs as equal as possible.

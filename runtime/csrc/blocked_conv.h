@@ -20,11 +20,13 @@
 #include <vector>
 
 #include "address_conv.h"  // ParallelFor
+#include "aligned.h"
 #include "gemm.h"
 
 namespace onnxopt {
 
 constexpr std::int64_t kBlock = 16;
+
 inline std::int64_t blocks_of(std::int64_t channels) { return ceil_div(channels, kBlock); }
 
 // x [N, C, H, W] -> y [N, ceil(C/16), H + 2, W + 2, 16] and back.
@@ -47,7 +49,7 @@ class BlockedWeights {
   std::int64_t stride() const { return k_ * kBlock; }
 
  private:
-  std::vector<float> data_;
+  AlignedVector<float> data_;
   std::int64_t k_ = 0;
 };
 

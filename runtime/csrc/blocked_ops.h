@@ -80,7 +80,7 @@ class BlockedStageInputs {
   // What one run's stage points to besides the inputs: the padded bias, W packed for this run when
   // it is not the constant one.
   struct Run {
-    std::vector<float> bias;
+    AlignedVector<float> bias;
     BlockedWeights weights;
   };
 

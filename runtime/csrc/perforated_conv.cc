@@ -422,7 +422,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
   const bool identity = plan.identity;
   // The compact [N, Cout, P] result lives in a per-thread buffer that persists between runs (a
   // fresh allocation of this size is an mmap and page faults on every run).
-  thread_local std::vector<float> compact;
+  thread_local AlignedVector<float> compact;
   float* dst = y;
   if (!identity) {
     compact.resize(static_cast<std::size_t>(s.batch * s.out_channels * count + 32));  // + the fill's read slack
@@ -491,7 +491,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     // starts and ends on a block start.
     const std::int64_t m_begin = weights.snap(std::min(m_per_group, split * split_rows));
     const std::int64_t m_end = weights.snap(std::min(m_per_group, (split + 1) * split_rows));
-    thread_local std::vector<float> packed;
+    thread_local AlignedVector<float> packed;
     if (kblocked) {
       // Per K block and panel: pack (into L2), then every row block of the weights over it.
       packed.resize(static_cast<std::size_t>(kb_channels * taps * nr));
