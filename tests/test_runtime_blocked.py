@@ -211,3 +211,23 @@ def test_address_as_a_graph_input_changing_between_runs():
     bad[0, 1] = 2
     with pytest.raises(Exception, match=r"displacements in \[-1, 1\]"):
         sess.run(None, {"X": x, "address": bad})
+
+
+@pytest.mark.parametrize("graph_input", ["B", "W"])
+def test_bias_or_weight_as_a_graph_input(graph_input):
+    """With W, B and the address constant the kernel makes its stage once; a B or W fed per run
+    must still be read on every run."""
+    from onnxopt.runtime.reference import address_conv_ref
+
+    rng = np.random.default_rng(7)
+    x, weight, b, address = case(rng, 1, 20, 20, 18, 6, 7)
+    model = chain_model(x.shape, weight, b, address)
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == graph_input))
+    shape = list(b.shape if graph_input == "B" else weight.shape)
+    model.graph.input.append(helper.make_tensor_value_info(graph_input, TensorProto.FLOAT, shape))
+    sess = session(fit_ir_version(model), threads=1)
+    for seed in range(3):
+        value = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+        wv, bv = (weight, value) if graph_input == "B" else (value, b)
+        got = sess.run(None, {"X": x, graph_input: value})[0]
+        np.testing.assert_allclose(got, address_conv_ref(x, wv, bv, address), rtol=1e-4, atol=1e-4)

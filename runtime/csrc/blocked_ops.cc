@@ -124,10 +124,35 @@ BlockedStageInputs::BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* i
       packed_ = BlockedWeights(wv.GetTensorData<float>(), d[0], d[1]);
     }
   }
-  constant_address_ = static_cast<bool>(constant_input(api, info, address));
+  const Ort::ConstValue av = constant_input(api, info, address);
+  constant_address_ = static_cast<bool>(av);
+  const Ort::ConstValue bv = constant_input(api, info, b);
+  if (packed_.empty() || !av || (!bv && has_input(api, info, b))) return;
+  // Checked here as read() checks them per run; a failure leaves the per-run path to report it.
+  const auto ainfo = av.GetTensorTypeAndShapeInfo();
+  const std::vector<std::int64_t> ad = ainfo.GetShape();
+  if (ainfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || ad.size() != 2 || ad[1] != 3 ||
+      ad[0] != constant_w_dims_[1])
+    return;
+  std::vector<std::int64_t> bd;
+  if (bv) bd = bv.GetTensorTypeAndShapeInfo().GetShape();
+  if (!check_bias(bv ? &bd : nullptr, constant_w_dims_[0]).empty()) return;
+  fixed_bias_.assign(static_cast<std::size_t>(blocks_of(constant_w_dims_[0]) * kBlock), 0.0f);
+  if (bv) std::copy(bv.GetTensorData<float>(), bv.GetTensorData<float>() + constant_w_dims_[0], fixed_bias_.begin());
+  fixed_address_.assign(av.GetTensorData<std::int32_t>(), av.GetTensorData<std::int32_t>() + 3 * ad[0]);
+  fixed_k_ = ad[0];
+  fixed_ = true;
 }
 
 BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run) {
+  if (fixed_) {
+    if (validated_blocks_.load() != src_blocks) {
+      fail_if(op_, validate_blocked_addresses(fixed_address_.data(), fixed_k_, src_blocks));
+      validated_blocks_.store(src_blocks);
+    }
+    return {&packed_, fixed_bias_.data(), fixed_address_.data(), constant_w_dims_[0], fixed_k_, attrs_.stride_h,
+            attrs_.stride_w, clip_min_, clip_max_, &plans_};
+  }
   const Ort::ConstValue w = ctx.GetInput(w_), b = ctx.GetInput(b_), address = ctx.GetInput(address_);
   if (!w || !address) fail_if(op_, "inputs W and address are required");
   const std::vector<std::int64_t> wd = w.GetTensorTypeAndShapeInfo().GetShape();

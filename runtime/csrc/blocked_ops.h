@@ -97,6 +97,12 @@ class BlockedStageInputs {
   std::vector<std::int64_t> constant_w_dims_;
   BlockedWeights packed_;
   bool constant_address_ = false;
+  // W, B (or no B) and address all constant: the stage is made once and read() checks only the
+  // source it is given (every input fetch and shape query costs ~1 us per run inside onnxruntime).
+  bool fixed_ = false;
+  AlignedVector<float> fixed_bias_;
+  std::vector<std::int32_t> fixed_address_;
+  std::int64_t fixed_k_ = 0;
   std::atomic<std::int64_t> validated_blocks_{-1};  // for a constant address: the source it is valid for
   BlockedPlanCache plans_;
 };

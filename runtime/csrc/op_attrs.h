@@ -76,6 +76,22 @@ inline std::string string_attr(const OrtApi& api, const OrtKernelInfo* info, con
   return v;
 }
 
+// Whether the node gives input `index` (an optional input left out has no name).
+inline bool has_input(const OrtApi& api, const OrtKernelInfo* info, std::size_t index) {
+  std::size_t count = 0;
+  if (OrtStatus* st = api.KernelInfo_GetInputCount(info, &count)) {
+    api.ReleaseStatus(st);
+    return true;
+  }
+  if (index >= count) return false;
+  std::size_t size = 0;
+  if (OrtStatus* st = api.KernelInfo_GetInputName(info, index, nullptr, &size)) {
+    api.ReleaseStatus(st);
+    return true;
+  }
+  return size > 1;  // size counts the terminating NUL
+}
+
 // Input `index` when it is a constant initializer (its value is then fixed for the session: a
 // kernel may pack it once), else an empty value.
 inline Ort::ConstValue constant_input(const OrtApi& api, const OrtKernelInfo* info, std::size_t index) {
