@@ -26,7 +26,6 @@
 namespace onnxopt {
 
 constexpr std::int64_t kBlock = 16;
-
 inline std::int64_t blocks_of(std::int64_t channels) { return ceil_div(channels, kBlock); }
 
 // x [N, C, H, W] -> y [N, ceil(C/16), H + 2, W + 2, 16] and back.

@@ -53,6 +53,29 @@ const float* residual_input(Ort::KernelContext& ctx, std::size_t index, const st
   return r.GetTensorData<float>();
 }
 
+// The shapes of one stage's W [Cout, K, 1, 1], optional B [Cout] and address [K, 3] int32 (W and
+// address given): empty when they fit, else the first thing wrong.  `wd` gets W's dims.
+std::string check_stage_inputs(const Ort::ConstValue& w, const Ort::ConstValue& b, const Ort::ConstValue& address,
+                               std::vector<std::int64_t>& wd) {
+  wd = w.GetTensorTypeAndShapeInfo().GetShape();
+  const auto ainfo = address.GetTensorTypeAndShapeInfo();
+  const std::vector<std::int64_t> ad = ainfo.GetShape();
+  if (ainfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) return "address must be int32";
+  if (ad.size() != 2 || ad[1] != 3) return "address must have shape [K, 3], got " + dims_str(ad);
+  if (wd.size() != 4 || wd[1] != ad[0] || wd[2] != 1 || wd[3] != 1)
+    return "W must have shape [Cout, K, 1, 1] = [Cout, " + std::to_string(ad[0]) + ", 1, 1], got " + dims_str(wd);
+  std::vector<std::int64_t> bd;
+  if (b) bd = b.GetTensorTypeAndShapeInfo().GetShape();
+  return check_bias(b ? &bd : nullptr, wd[0]);
+}
+
+// B (zeros where absent) padded with zeros to whole blocks of output channels.
+AlignedVector<float> padded_bias(const Ort::ConstValue& b, std::int64_t out_channels) {
+  AlignedVector<float> bias(static_cast<std::size_t>(blocks_of(out_channels) * kBlock), 0.0f);
+  if (b) std::copy(b.GetTensorData<float>(), b.GetTensorData<float>() + out_channels, bias.begin());
+  return bias;
+}
+
 }  // namespace
 
 OrtStatusPtr ToBlockedKernel::ComputeV2(OrtKernelContext* context) {
@@ -117,7 +140,8 @@ BlockedStageInputs::BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* i
     : op_(op), w_(w), b_(b), address_(address) {
   fail_if(op, address_conv_attrs(1, ints_attr(api, info, (prefix + "strides").c_str(), {1, 1}), attrs_));
   fail_if(op, clip_attrs(api, info, clip_min_, clip_max_, prefix));
-  if (const Ort::ConstValue wv = constant_input(api, info, w)) {
+  const Ort::ConstValue wv = constant_input(api, info, w);
+  if (wv) {
     const std::vector<std::int64_t> d = wv.GetTensorTypeAndShapeInfo().GetShape();
     if (d.size() == 4 && d[2] == 1 && d[3] == 1 && d[0] > 0 && d[1] > 0) {
       constant_w_dims_ = d;
@@ -128,56 +152,41 @@ BlockedStageInputs::BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* i
   constant_address_ = static_cast<bool>(av);
   const Ort::ConstValue bv = constant_input(api, info, b);
   if (packed_.empty() || !av || (!bv && has_input(api, info, b))) return;
-  // Checked here as read() checks them per run; a failure leaves the per-run path to report it.
-  const auto ainfo = av.GetTensorTypeAndShapeInfo();
-  const std::vector<std::int64_t> ad = ainfo.GetShape();
-  if (ainfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || ad.size() != 2 || ad[1] != 3 ||
-      ad[0] != constant_w_dims_[1])
-    return;
-  std::vector<std::int64_t> bd;
-  if (bv) bd = bv.GetTensorTypeAndShapeInfo().GetShape();
-  if (!check_bias(bv ? &bd : nullptr, constant_w_dims_[0]).empty()) return;
-  fixed_bias_.assign(static_cast<std::size_t>(blocks_of(constant_w_dims_[0]) * kBlock), 0.0f);
-  if (bv) std::copy(bv.GetTensorData<float>(), bv.GetTensorData<float>() + constant_w_dims_[0], fixed_bias_.begin());
-  fixed_address_.assign(av.GetTensorData<std::int32_t>(), av.GetTensorData<std::int32_t>() + 3 * ad[0]);
-  fixed_k_ = ad[0];
+  // Shapes that do not fit leave the per-run path to report them.
+  std::vector<std::int64_t> wd;
+  if (!check_stage_inputs(wv, bv, av, wd).empty()) return;
+  fixed_bias_ = padded_bias(bv, wd[0]);
+  fixed_address_.assign(av.GetTensorData<std::int32_t>(), av.GetTensorData<std::int32_t>() + 3 * wd[1]);
   fixed_ = true;
 }
 
 BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run) {
   if (fixed_) {
+    const std::int64_t k = constant_w_dims_[1];
     if (validated_blocks_.load() != src_blocks) {
-      fail_if(op_, validate_blocked_addresses(fixed_address_.data(), fixed_k_, src_blocks));
+      fail_if(op_, validate_blocked_addresses(fixed_address_.data(), k, src_blocks));
       validated_blocks_.store(src_blocks);
     }
-    return {&packed_, fixed_bias_.data(), fixed_address_.data(), constant_w_dims_[0], fixed_k_, attrs_.stride_h,
+    return {&packed_, fixed_bias_.data(), fixed_address_.data(), constant_w_dims_[0], k, attrs_.stride_h,
             attrs_.stride_w, clip_min_, clip_max_, &plans_};
   }
   const Ort::ConstValue w = ctx.GetInput(w_), b = ctx.GetInput(b_), address = ctx.GetInput(address_);
   if (!w || !address) fail_if(op_, "inputs W and address are required");
-  const std::vector<std::int64_t> wd = w.GetTensorTypeAndShapeInfo().GetShape();
-  const auto ainfo = address.GetTensorTypeAndShapeInfo();
-  const std::vector<std::int64_t> ad = ainfo.GetShape();
-  if (ainfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) fail_if(op_, "address must be int32");
-  if (ad.size() != 2 || ad[1] != 3) fail_if(op_, "address must have shape [K, 3], got " + dims_str(ad));
-  if (wd.size() != 4 || wd[1] != ad[0] || wd[2] != 1 || wd[3] != 1)
-    fail_if(op_, "W must have shape [Cout, K, 1, 1] = [Cout, " + std::to_string(ad[0]) + ", 1, 1], got " + dims_str(wd));
-  std::vector<std::int64_t> bd;
-  if (b) bd = b.GetTensorTypeAndShapeInfo().GetShape();
-  fail_if(op_, check_bias(b ? &bd : nullptr, wd[0]));
+  std::vector<std::int64_t> wd;
+  fail_if(op_, check_stage_inputs(w, b, address, wd));
+  const std::int64_t k = wd[1];
   const std::int32_t* a = address.GetTensorData<std::int32_t>();
   if (!constant_address_ || validated_blocks_.load() != src_blocks) {
-    fail_if(op_, validate_blocked_addresses(a, ad[0], src_blocks));
+    fail_if(op_, validate_blocked_addresses(a, k, src_blocks));
     if (constant_address_) validated_blocks_.store(src_blocks);
   }
-  run.bias.assign(static_cast<std::size_t>(blocks_of(wd[0]) * kBlock), 0.0f);
-  if (b) std::copy(b.GetTensorData<float>(), b.GetTensorData<float>() + wd[0], run.bias.begin());
+  run.bias = padded_bias(b, wd[0]);
   const BlockedWeights* weights = &packed_;
   if (packed_.empty() || wd != constant_w_dims_) {
-    run.weights = BlockedWeights(w.GetTensorData<float>(), wd[0], ad[0]);
+    run.weights = BlockedWeights(w.GetTensorData<float>(), wd[0], k);
     weights = &run.weights;
   }
-  return {weights, run.bias.data(), a, wd[0], ad[0], attrs_.stride_h, attrs_.stride_w, clip_min_, clip_max_, &plans_};
+  return {weights, run.bias.data(), a, wd[0], k, attrs_.stride_h, attrs_.stride_w, clip_min_, clip_max_, &plans_};
 }
 
 BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info)

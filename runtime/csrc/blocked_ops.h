@@ -102,7 +102,6 @@ class BlockedStageInputs {
   bool fixed_ = false;
   AlignedVector<float> fixed_bias_;
   std::vector<std::int32_t> fixed_address_;
-  std::int64_t fixed_k_ = 0;
   std::atomic<std::int64_t> validated_blocks_{-1};  // for a constant address: the source it is valid for
   BlockedPlanCache plans_;
 };
