@@ -58,6 +58,11 @@ def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, outpu
         taken = [p for p in (source if not isinstance(model, onnx.ModelProto) else None, output) if p is not None]
         if any(Path(report_path).resolve() == Path(p).resolve() for p in taken):
             raise OnnxoptError(f"{report_path}: the report would overwrite the input or output model")
+    if target is not None:
+        from onnxopt.runtime.targets import Target, load_target
+
+        # the passes read a Target (provider, threads), never a name or a path
+        target = target if isinstance(target, Target) else load_target(target)
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     feeds = load_inputs(inputs, original) if isinstance(inputs, (str, os.PathLike)) else inputs
 

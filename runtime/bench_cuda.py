@@ -1,7 +1,7 @@
 """The CUDA kernels against onnxruntime's CUDA Conv of the same shape (and the ONNX-function
-fallbacks running on the CUDA provider), at batch 1 and 32.
+fallbacks running on the CUDA provider), and whole networks before/after ``apply``, at batch 1 and 32.
 
-    python -m onnxopt.runtime.bench_cuda [--runs 100] [--tf32] [--batches 1,32]
+    python -m onnxopt.runtime.bench_cuda [--runs 100] [--tf32] [--batches 1,32] [--nets | --ops-only]
 
 Needs the library built with ``ONNXOPT_CUDA=1`` and onnxruntime-gpu (CUDAExecutionProvider).
 Inputs and outputs are bound to GPU memory (IOBinding), so the times are the ops' alone, host
@@ -16,12 +16,20 @@ ONNXOPT_CUDA_TF32=1 for ours).
   Gather + Conv function onnxruntime runs without our library.
 * PerforatedConv (kept fraction f of the output positions) vs the dense Conv: the ideal is ratio ~f
   plus the gather and fill; "fallback" is whatever functions.py provides for PerforatedConv.
+* ``--nets`` (instead of the op tables): ShiftNet-style nets (original, the same net with the
+  shifts deleted, and after ``apply --target cuda``), ShuffleNetV2 1.0x at 224 (original, after
+  apply) and a VGG-16-style net (dense, perforated by ``apply --target cuda`` to output deviation
+  <= 0.2 and <= 0.5; the greedy search times its layers on the CUDA provider), each at every batch
+  in fp32 and in TF32.  Before timing, each optimised model's output on the CUDA provider is
+  compared with the original's on the CUDA provider and on the CPU (and, for the lossy ones, with
+  itself on the CPU), and the providers that ran its nodes are counted from onnxruntime's profile.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -96,22 +104,31 @@ def grid_mask(ho: int, wo: int, fraction: float):
     return positions, fill
 
 
+PROVIDER, DEVICE = "CUDAExecutionProvider", "cuda"  # a CPU dry run of this script swaps both
+
+
+def cuda_session(model: onnx.ModelProto, tf32: bool, custom_ops: bool = True, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    from ..ir import fit_ir_version
+
+    so = session_options(custom_ops=custom_ops, profile_prefix=profile_prefix)
+    providers = [(PROVIDER, {"use_tf32": "1" if tf32 else "0"} if PROVIDER == "CUDAExecutionProvider" else {}),
+                 "CPUExecutionProvider"]
+    return ort.InferenceSession(fit_ir_version(model).SerializeToString(), sess_options=so, providers=providers)
+
+
 class Runner:
-    """One CUDA session with X bound on the GPU and Y left on the GPU."""
+    """One CUDA session with its (single) input bound on the GPU and its first output left there."""
 
     def __init__(self, model: onnx.ModelProto, x: np.ndarray, tf32: bool, custom_ops: bool = True):
         import onnxruntime as ort
 
-        from ..ir import fit_ir_version
-
-        so = session_options(custom_ops=custom_ops)
-        providers = [("CUDAExecutionProvider", {"use_tf32": "1" if tf32 else "0"}), "CPUExecutionProvider"]
-        self.sess = ort.InferenceSession(fit_ir_version(model).SerializeToString(), sess_options=so,
-                                         providers=providers)
+        self.sess = cuda_session(model, tf32, custom_ops)
         self.io = self.sess.io_binding()
-        self.x = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-        self.io.bind_ortvalue_input("X", self.x)
-        self.io.bind_output("Y", "cuda", 0)
+        self.x = ort.OrtValue.ortvalue_from_numpy(x, DEVICE, 0)
+        self.io.bind_ortvalue_input(self.sess.get_inputs()[0].name, self.x)
+        self.io.bind_output(self.sess.get_outputs()[0].name, DEVICE, 0)
 
     def __call__(self) -> float:
         t0 = time.perf_counter()
@@ -143,11 +160,158 @@ def _fmt(label, flops, t, base):
     return f"{label:<32}" + "".join(cells) + f"{t['ours'] / t[base]:>7.2f}"
 
 
+# ------------------------------------------------------------------------------------ whole networks
+
+def set_tf32(on: bool) -> None:
+    """Our cuBLAS math mode; read when a kernel's cuBLAS handle is made, i.e. set before the session."""
+    os.environ["ONNXOPT_CUDA_TF32"] = "1" if on else "0"
+
+
+def provider_counts(model: onnx.ModelProto, x: np.ndarray) -> str:
+    """How many nodes each provider ran in one profiled CUDA run, and where the custom ops ran."""
+    import collections
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = cuda_session(model, tf32=False, profile_prefix=f"{tmp}/prof")
+        sess.run(None, {sess.get_inputs()[0].name: x})
+        with open(sess.end_profiling()) as f:
+            events = [e for e in json.load(f) if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    nodes = collections.Counter((e["args"].get("provider", "?"), e["args"].get("op_name", "?")) for e in events)
+    by_provider = collections.Counter()
+    for (provider, _), count in nodes.items():
+        by_provider[provider.replace("ExecutionProvider", "")] += count
+    custom = sorted(f"{op} x{count} on {provider.replace('ExecutionProvider', '')}"
+                    for (provider, op), count in nodes.items() if op in ops.NATIVE_OPS)
+    copies = sum(count for (_, op), count in nodes.items() if op.startswith("Memcpy"))
+    return (", ".join(f"{k} {v}" for k, v in sorted(by_provider.items())) + " nodes"
+            + (f"; {', '.join(custom)}" if custom else "") + f"; {copies} memcpy nodes")
+
+
+def cpu_output(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    from . import session
+
+    sess = session(model)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def build_nets(batches: list[int], tf32_search: bool) -> list[tuple[str, int, dict, str, set]]:
+    """(label, input size, {batch: {variant: model}}, baseline variant, lossy variants) per network.
+    The shift nets are exported at each batch size (a static shape lets the shift pass fuse the
+    residual Adds); the VGG net has a dynamic batch (perforation needs static H, W only)."""
+    import logging
+
+    import torch
+
+    import onnxopt
+    from onnxopt.models import export_onnx, shiftnet, shufflenetv2
+    from onnxopt.models.vgg import vgg16
+
+    logging.getLogger("onnxopt").setLevel(logging.ERROR)
+
+    def exact_variants(label, size, nets):
+        per_batch = {}
+        for batch in batches:
+            x = torch.randn(batch, 3, size, size)
+            per_batch[batch] = {name: export_onnx(net, x) for name, net in nets.items()}
+            applied, report = onnxopt.apply(per_batch[batch]["original"], target="cuda")
+            per_batch[batch]["applied"] = applied
+            print(f"{label} N{batch}: " + "; ".join(f"{r.name}: {r.summary}" for r in report.passes if r.changed))
+            # the chain rule (plain 1x1 convs next to AddressConvs become AddressConvs) turned off
+            per_batch[batch]["applied-nochain"], _ = onnxopt.apply(
+                per_batch[batch]["original"], target="cuda", options={"shift": {"address_chains": False}})
+        return per_batch
+
+    nets = []
+    for width, size in ((32, 32), (64, 56)):
+        label = f"ShiftNet w{width} @{size}"
+        nets.append((label, size, exact_variants(label, size, {"original": shiftnet(width=width),
+                                                               "no-shift": shiftnet(width=width, with_shift=False)}),
+                     "no-shift", set()))
+    label = "ShuffleNetV2 1.0x @224"
+    nets.append((label, 224, exact_variants(label, 224, {"original": shufflenetv2(width=1.0)}), "original", set()))
+
+    size = 112
+    dense = export_onnx(vgg16(num_classes=100, width=0.5, pool_size=1, hidden=256), torch.zeros(1, 3, size, size),
+                        dynamic_batch=True)
+    calib = {"input": np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)}
+    variants = {"dense": dense}
+    set_tf32(tf32_search)
+    lut = tempfile.TemporaryDirectory()  # layer times measured afresh, shared by both budgets
+    for budget in (0.2, 0.5):
+        t0 = time.perf_counter()
+        out, report = onnxopt.apply(dense, passes=["perforate"], calibration=calib, verify=False, target="cuda",
+                                    options={"perforate": {"budget_deviation": budget, "strategy": "grid",
+                                                           "lut_runs": 10, "lut_path": f"{lut.name}/lut.json"}})
+        res = report.passes[0]
+        print(f"VGG-16-style w0.5 @{size}, deviation <= {budget} ({time.perf_counter() - t0:.0f} s search, "
+              f"layer times on CUDA, {'TF32' if tf32_search else 'fp32'}): {res.skipped or res.summary}")
+        variants[f"perf<={budget}"] = out
+    lut.cleanup()
+    nets.append((f"VGG-16-style w0.5 @{size}", size, {batch: variants for batch in batches}, "dense",
+                 {"perf<=0.2", "perf<=0.5"}))
+    return nets
+
+
+def check_net(label: str, size: int, per_batch: dict, baseline: str, lossy: set, batch: int) -> None:
+    """Outputs of every non-baseline variant on CUDA against the baseline's (CUDA and CPU) and itself
+    on the CPU; fp32 math throughout."""
+    set_tf32(False)
+    variants = per_batch[batch]
+    x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+    reference = "original" if "original" in variants else baseline
+    ref_gpu = Runner(variants[reference], x, tf32=False)
+    ref_gpu()
+    ref_gpu = ref_gpu.output()
+    ref_cpu = cpu_output(variants[reference], x)
+    scale = max(np.abs(ref_cpu).max(), 1e-12)
+    print(f"  {label} N{batch}: {reference} CUDA vs CPU rel err {np.abs(ref_gpu - ref_cpu).max() / scale:.2e}")
+    for name, model in variants.items():
+        if name in (reference, "no-shift"):
+            continue
+        run = Runner(model, x, tf32=False)
+        run()
+        got = run.output()
+        own_cpu = cpu_output(model, x)
+        own = np.abs(got - own_cpu).max() / max(np.abs(own_cpu).max(), 1e-12)
+        vs_gpu = np.abs(got - ref_gpu).max() / scale
+        vs_cpu = np.abs(got - ref_cpu).max() / scale
+        kind = "deviation (lossy)" if name in lossy else "rel err"
+        flag = "" if name in lossy or max(vs_gpu, vs_cpu, own) < 1e-4 else "  MISMATCH"
+        print(f"  {label} N{batch}: {name} on CUDA vs {reference} on CUDA {kind} {vs_gpu:.2e}, on CPU "
+              f"{vs_cpu:.2e}; vs itself on CPU {own:.2e}{flag}")
+        if batch == 1:
+            print(f"    {name}: {provider_counts(model, x)}")
+
+
+def nets_tables(batches: list[int], runs: int) -> None:
+    nets = build_nets(batches, tf32_search=True)
+    print("\nParity (fp32 math: use_tf32=0, ONNXOPT_CUDA_TF32=0)")
+    for net in nets:
+        for batch in batches:
+            check_net(*net, batch)
+    print(f"\nWhole networks on the CUDA provider, inputs/outputs bound on the GPU, {runs} interleaved runs, "
+          f"median ms; ratio = variant / baseline")
+    for tf32 in (False, True):
+        set_tf32(tf32)
+        print(f"\n{'TF32' if tf32 else 'fp32'} (onnxruntime use_tf32={int(tf32)}, ONNXOPT_CUDA_TF32={int(tf32)})")
+        for label, size, per_batch, baseline, _ in nets:
+            for batch in batches:
+                variants = per_batch[batch]
+                x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+                t = bench({name: Runner(model, x, tf32) for name, model in variants.items()}, runs)
+                cells = "  ".join(f"{name} {t[name] * 1e3:.3f}" for name in variants)
+                ratios = "  ".join(f"{name}/{baseline} {t[name] / t[baseline]:.3f}" for name in variants
+                                   if name != baseline)
+                print(f"{label:<26} N{batch:<3} {cells}  |  {ratios}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--tf32", action="store_true", help="TF32 tensor cores for both onnxruntime's Conv and ours")
+    ap.add_argument("--nets", action="store_true", help="whole networks before/after apply instead of single ops")
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
@@ -157,8 +321,12 @@ def main(argv=None) -> int:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         print(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)")
         return 1
-    os.environ["ONNXOPT_CUDA_TF32"] = "1" if args.tf32 else "0"  # read when our cuBLAS handles are made
     batches = [int(b) for b in args.batches.split(",")]
+    if args.nets:
+        print(f"onnxruntime {ort.__version__}, batches {batches}")
+        nets_tables(batches, args.runs)
+        return 0
+    set_tf32(args.tf32)
     rng = np.random.default_rng(0)
     print(f"onnxruntime {ort.__version__}, {'TF32' if args.tf32 else 'fp32'}, runs={args.runs} (interleaved, "
           f"medians), times in ms, rates in GFLOP/s of the dense conv computed (effective for "

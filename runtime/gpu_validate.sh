@@ -12,7 +12,8 @@
 #   build takes its headers from, so it is fetched once.
 # run: installs onnxruntime-gpu from the parts (shared/tools/ort-gpu-install.sh, once per machine)
 #   and the wheels of .whl/ into /tmp, checks CUDAExecutionProvider, runs the CUDA tests and the
-#   AddressConv tests, then the benchmark (fp32 and TF32).  Writes logs to $OUT when it is set.
+#   AddressConv tests, then the benchmarks: whole networks before/after apply (--nets), and the
+#   single ops in fp32 and TF32.  Writes logs to $OUT when it is set.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
 step=${1:-}
@@ -57,12 +58,14 @@ PY
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_runtime_cuda.py tests/test_runtime_address_conv.py \
     2>&1 | tee "$log_dir/pytest.log"
   rc_tests=${PIPESTATUS[0]}
+  python3 -m onnxopt.runtime.bench_cuda --nets --runs 100 2>&1 | tee "$log_dir/bench_nets.log"
+  rc_nets=${PIPESTATUS[0]}
   python3 -m onnxopt.runtime.bench_cuda --runs 100 2>&1 | tee "$log_dir/bench_fp32.log"
   rc_bench=${PIPESTATUS[0]}
   python3 -m onnxopt.runtime.bench_cuda --runs 100 --tf32 2>&1 | tee "$log_dir/bench_tf32.log"
   rc_tf32=${PIPESTATUS[0]}
-  echo "pytest rc=$rc_tests bench rc=$rc_bench/$rc_tf32"
-  exit $(( rc_tests || rc_bench || rc_tf32 ))
+  echo "pytest rc=$rc_tests bench rc nets/fp32/tf32=$rc_nets/$rc_bench/$rc_tf32"
+  exit $(( rc_tests || rc_nets || rc_bench || rc_tf32 ))
   ;;
 *)
   echo "usage: bash runtime/gpu_validate.sh prepare|run" >&2

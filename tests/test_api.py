@@ -96,3 +96,25 @@ def test_lossy_deviation_is_reported_not_failed(tmp_path, tiny_path):
     model, report = onnxopt.apply(tiny_path, passes=["fold", LossyScale()], output=tmp_path / "o.onnx")
     assert report.lossy and not report.verification.ok and report.verification.max_rel > 1e-3
     assert "deviation from the original (lossy passes ran)" in report.summary()
+
+
+class TargetProbe:
+    """An exact pass that changes nothing and records the target it was handed."""
+
+    name, exact, order = "test-target-probe", True, 99
+    seen = []
+
+    def run(self, graph, ctx):
+        self.seen.append(ctx.target)
+        return PassResult(self.name, changed=False, summary="looked")
+
+
+def test_a_target_given_by_name_reaches_the_passes_as_a_target(tiny_path):
+    from onnxopt.runtime.targets import Target
+
+    probe = TargetProbe()
+    _, report = onnxopt.apply(tiny_path, passes=[probe], target="mobile-cpu")
+    assert isinstance(probe.seen[-1], Target) and probe.seen[-1].name == "mobile-cpu" and probe.seen[-1].threads == 1
+    assert report.latency["target"] == "mobile-cpu"
+    with pytest.raises(OnnxoptError, match="unknown target 'no-such-target'"):
+        onnxopt.apply(tiny_path, passes=[probe], target="no-such-target")

@@ -104,6 +104,45 @@ def test_address_conv_cuda_matches_cpu_function_and_reference(case, batch):
     assert rel_err(gpu, run(model, feeds, CPU, custom_ops=False)) < 1e-4
 
 
+# (clip, residual, identity address): the shift pass fuses a residual Add and a Relu / Clip into
+# AddressConv, and keeps plain 1x1 convs of a chain as AddressConv with an identity table.
+EPILOGUES = [((0.0, np.inf), False, False), (None, True, False), ((0.0, 6.0), True, False),
+             ((0.0, np.inf), True, True), (None, False, True), ((-1.0, 0.5), False, False)]
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: "clip{}_res{:d}_identity{:d}".format(*e))
+def test_address_conv_cuda_epilogue_and_identity_table(epilogue, batch):
+    clip, with_residual, identity = epilogue
+    rng = np.random.default_rng(7 + batch)
+    cin, cout, h, w, group = 48, 32, 9, 7, 2
+    x, weight, b, address = address_case(rng, batch, cin, cin, cout, h, w, group, True)
+    if identity:
+        address = np.stack([np.arange(cin), np.zeros(cin), np.zeros(cin)], axis=1).astype(np.int32)
+    model = address_conv_model(x.shape, weight, b, address, group, residual=with_residual, clip=clip)
+    feeds = {"X": x}
+    r = None
+    if with_residual:
+        r = feeds["R"] = rng.standard_normal((batch, cout, h, w)).astype(np.float32)
+    lo, hi = clip or (-np.inf, np.inf)
+    ref = address_conv_ref(x, weight, b, address, group, residual=r, clip_min=lo, clip_max=hi)
+    gpu = make_session(model, CUDA).run(None, feeds)[0]
+    assert rel_err(gpu, ref) < 1e-4
+    assert rel_err(gpu, make_session(model, CPU).run(None, feeds)[0]) < 1e-4
+    assert rel_err(gpu, make_session(model, CPU, custom_ops=False).run(None, feeds)[0]) < 1e-4
+
+
+@needs_gpu
+def test_address_conv_cuda_residual_of_the_wrong_shape_is_a_clear_error():
+    rng = np.random.default_rng(8)
+    x, weight, b, address = address_case(rng, 1, 8, 8, 16, 6, 6, 1, True)
+    model = address_conv_model(x.shape, weight, b, address, residual=True, with_functions=False)
+    model.graph.input[1].type.tensor_type.shape.dim[3].dim_value = 5
+    with pytest.raises(Exception, match=r"AddressConv \(CUDA\): residual must have the output's shape"):
+        make_session(model, CUDA).run(None, {"X": x, "R": np.zeros((1, 16, 6, 5), np.float32)})
+
+
 @needs_gpu
 def test_address_conv_runs_on_the_cuda_provider(tmp_path):
     rng = np.random.default_rng(1)
@@ -283,3 +322,24 @@ def test_cuda_build_loads_into_cpu_onnxruntime_and_runs_cpu_kernels():
     model = address_conv_model(x.shape, weight, b, address)
     y = run(model, {"X": x}, CPU)
     assert rel_err(y, address_conv_ref(x, weight, b, address)) < 1e-5
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch", [1, 4])
+def test_shiftnet_applied_for_cuda_runs_its_address_convs_on_the_gpu(batch, tmp_path):
+    """The whole flow: export, apply --target cuda (no CPU-only blocked ops; residual and Relu fused
+    into AddressConv), then the optimised net on the CUDA provider against the original on the CPU."""
+    torch = pytest.importorskip("torch")
+    import onnxopt
+    from onnxopt.models import export_onnx, shiftnet
+
+    x = torch.randn(batch, 3, 16, 16)
+    original = export_onnx(shiftnet(width=8, blocks=(1, 1, 1)), x)
+    applied, report = onnxopt.apply(original, target="cuda")
+    shift = next(r for r in report.passes if r.name == "shift")
+    assert shift.details["address_convs"] > 0 and shift.details["blocked_convs"] == 0
+    assert shift.details["residuals_fused"] > 0 and shift.details["activations_fused"] > 0
+    feeds = {"input": x.numpy()}
+    ref = run(original, feeds, CPU, custom_ops=False)
+    assert rel_err(run(applied, feeds, CUDA), ref) < 1e-4
+    assert providers_of(applied, feeds, ops.ADDRESS_CONV, tmp_path) == {"CUDAExecutionProvider"}

@@ -53,15 +53,7 @@ void AddressConvKernel::Compute(OrtKernelContext* context) {
   AddressConvEpilogue epilogue;
   epilogue.clip_min = clip_min_;
   epilogue.clip_max = clip_max_;
-  if (ctx.GetInputCount() > kResidual) {
-    const Ort::ConstValue r = ctx.GetInput(kResidual);
-    if (r) {
-      const auto rinfo = r.GetTensorTypeAndShapeInfo();
-      if (rinfo.GetShape() != yd)
-        fail("residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rinfo.GetShape()));
-      epilogue.residual = r.GetTensorData<float>();
-    }
-  }
+  fail_if(read_residual(ctx, kResidual, yd, epilogue.residual));
   Ort::UnownedValue y = ctx.GetOutput(0, yd);
   float* out = y.GetTensorMutableData<float>();
 

@@ -45,12 +45,9 @@ std::vector<std::int64_t> blocked_input(Ort::KernelContext& ctx, std::int64_t ch
 // The residual input `index` when given: it must have the output's shape `yd`.
 const float* residual_input(Ort::KernelContext& ctx, std::size_t index, const std::vector<std::int64_t>& yd,
                             const char* op) {
-  if (ctx.GetInputCount() <= index) return nullptr;
-  const Ort::ConstValue r = ctx.GetInput(index);
-  if (!r) return nullptr;
-  const std::vector<std::int64_t> rd = r.GetTensorTypeAndShapeInfo().GetShape();
-  if (rd != yd) fail_if(op, "residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rd));
-  return r.GetTensorData<float>();
+  const float* residual = nullptr;
+  fail_if(op, read_residual(ctx, index, yd, residual));
+  return residual;
 }
 
 // The shapes of one stage's W [Cout, K, 1, 1], optional B [Cout] and address [K, 3] int32 (W and

@@ -168,7 +168,7 @@ inline std::string check_bias(const std::vector<std::int64_t>* bd, std::int64_t 
 
 // ---- AddressConv ----
 
-// The input indices (the CUDA op has no residual).
+// The input indices.
 namespace address_conv_in {
 inline constexpr std::size_t kX = 0, kW = 1, kB = 2, kAddress = 3, kResidual = 4;
 }
@@ -243,6 +243,20 @@ inline std::string read_address_conv_inputs(Ort::KernelContext& ctx, const Addre
                                                 ainfo.GetElementType(), ainfo.GetShape(), b ? &bd : nullptr, in.shape);
   if (error.empty() && b) in.bias = b.GetTensorData<float>();
   return error;
+}
+
+// The optional input `residual` at `index` (nullptr when absent), which must have the output's
+// shape `yd`: empty when it fits, else what is wrong.
+inline std::string read_residual(Ort::KernelContext& ctx, std::size_t index, const std::vector<std::int64_t>& yd,
+                                 const float*& residual) {
+  residual = nullptr;
+  if (ctx.GetInputCount() <= index) return {};
+  const Ort::ConstValue r = ctx.GetInput(index);
+  if (!r) return {};
+  const std::vector<std::int64_t> rd = r.GetTensorTypeAndShapeInfo().GetShape();
+  if (rd != yd) return "residual must have the output's shape " + dims_str(yd) + ", got " + dims_str(rd);
+  residual = r.GetTensorData<float>();
+  return {};
 }
 
 // ---- PerforatedConv ----

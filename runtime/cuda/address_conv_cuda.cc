@@ -24,6 +24,7 @@ AddressConvCudaKernel::AddressConvCudaKernel(const OrtApi& api, const OrtKernelI
   std::vector<std::int64_t> strides = ints_attr(api, info, "strides");
   if (strides.empty()) strides = {1, 1};
   fail_if(address_conv_attrs(int_attr(api, info, "group", 1), strides, attrs_));
+  fail_if(clip_attrs(api, info, clip_.clip_min, clip_.clip_max));
   const std::vector<std::int32_t> table = constant_int32_input(api, info, kAddress);
   if (!table.empty()) address_.set_constant(table.data(), table.size());
 }
@@ -41,49 +42,66 @@ void AddressConvCudaKernel::Compute(OrtKernelContext* context) {
   fail_if(validate_addresses(a, s.in_channels, s.src_channels));
 
   const std::int64_t ho = s.out_height(), wo = s.out_width(), plane = ho * wo;
-  Ort::UnownedValue y = ctx.GetOutput(0, std::vector<std::int64_t>{s.batch, s.out_channels, ho, wo});
+  const std::vector<std::int64_t> yd = {s.batch, s.out_channels, ho, wo};
+  const float* residual = nullptr;
+  fail_if(read_residual(ctx, kResidual, yd, residual));
+  Ort::UnownedValue y = ctx.GetOutput(0, yd);
   float* out = y.GetTensorMutableData<float>();
   if (s.batch == 0 || plane == 0 || s.out_channels == 0) return;
 
+  // An identity table at stride 1 (a plain 1x1 conv kept as AddressConv so that a chain stays one
+  // op type): the GEMM reads X's first Cin planes as they are, nothing is gathered.
+  bool direct = s.stride_h == 1 && s.stride_w == 1;
+  for (std::int64_t r = 0; direct && r < s.in_channels; ++r)
+    direct = a[3 * r] == r && a[3 * r + 1] == 0 && a[3 * r + 2] == 0;
+
   cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
   const int device = stream_device(stream);
-  const std::size_t per_image = sizeof(float) * std::size_t(s.in_channels * plane);
-  const std::int64_t chunk = batch_chunk(s.batch, per_image);
-  Scratch scratch(stream,
-                  Scratch::rounded(per_image * chunk) + Scratch::rounded(sizeof(std::int32_t) * s.in_channels * 3));
-  const std::int32_t* address = address_.upload(a, std::size_t(s.in_channels * 3), stream, scratch);
-  float* cols = scratch.take<float>(std::size_t(s.in_channels * plane * chunk));
+  const std::size_t per_image = direct ? 0 : sizeof(float) * std::size_t(s.in_channels * plane);
+  const std::int64_t chunk = direct ? s.batch : batch_chunk(s.batch, per_image);
+  Scratch scratch(stream, direct ? 0
+                                 : Scratch::rounded(per_image * chunk) +
+                                       Scratch::rounded(sizeof(std::int32_t) * s.in_channels * 3));
+  const std::int32_t* address = direct ? nullptr : address_.upload(a, std::size_t(s.in_channels * 3), stream, scratch);
+  float* cols = direct ? nullptr : scratch.take<float>(std::size_t(s.in_channels * plane * chunk));
   const float* weights = in.w.GetTensorData<float>();
+  const float* x = in.x.GetTensorData<float>();
+  const std::int64_t x_image = s.src_channels * s.height * s.width, y_image = s.out_channels * plane;
 
   auto lock = cublas_.lock();
   cublasHandle_t handle = cublas_.bind(stream, device);
   for (std::int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
     const std::int64_t count = std::min(chunk, s.batch - n0);
-    AddressGatherShape g;
-    g.batch = count;
-    g.src_channels = s.src_channels;
-    g.height = s.height;
-    g.width = s.width;
-    g.in_channels = s.in_channels;
-    g.out_height = ho;
-    g.out_width = wo;
-    g.stride_h = s.stride_h;
-    g.stride_w = s.stride_w;
-    check(address_conv_gather(stream, g, in.x.GetTensorData<float>() + n0 * s.src_channels * s.height * s.width,
-                              address, cols),
-          "address_conv_gather launch");
-    float* y_chunk = out + n0 * s.out_channels * plane;
-    if (bias) check(broadcast_bias(stream, bias, count, s.out_channels, plane, y_chunk), "broadcast_bias launch");
+    if (!direct) {
+      AddressGatherShape g;
+      g.batch = count;
+      g.src_channels = s.src_channels;
+      g.height = s.height;
+      g.width = s.width;
+      g.in_channels = s.in_channels;
+      g.out_height = ho;
+      g.out_width = wo;
+      g.stride_h = s.stride_h;
+      g.stride_w = s.stride_w;
+      check(address_conv_gather(stream, g, x + n0 * x_image, address, cols), "address_conv_gather launch");
+    }
+    float* y_chunk = out + n0 * y_image;
+    const bool accumulate = bias || residual;
+    if (accumulate)
+      check(init_output(stream, bias, residual ? residual + n0 * y_image : nullptr, count, s.out_channels, plane,
+                        y_chunk),
+            "init_output launch");
     GroupedGemm gemm;
     gemm.batch = count;
     gemm.group = attrs_.group;
     gemm.m = s.out_channels / attrs_.group;
     gemm.k = s.in_channels / attrs_.group;
     gemm.n = plane;
-    gemm.b_image_stride = s.in_channels * plane;
-    gemm.c_image_stride = s.out_channels * plane;
-    gemm.accumulate = bias != nullptr;
-    grouped_gemm(handle, gemm, weights, cols, y_chunk);
+    gemm.b_image_stride = direct ? x_image : s.in_channels * plane;
+    gemm.c_image_stride = y_image;
+    gemm.accumulate = accumulate;
+    grouped_gemm(handle, gemm, weights, direct ? x + n0 * x_image : cols, y_chunk);
+    if (!clip_.empty()) check(clamp(stream, y_chunk, count * y_image, clip_.clip_min, clip_.clip_max), "clamp launch");
   }
   scratch.release();
 }
@@ -101,7 +119,7 @@ ONNXTensorElementDataType AddressConvCudaOp::GetInputType(std::size_t index) con
 }
 
 OrtCustomOpInputOutputCharacteristic AddressConvCudaOp::GetInputCharacteristic(std::size_t index) const {
-  return index == kB ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return index == kB || index == kResidual ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 
 OrtMemType AddressConvCudaOp::GetInputMemoryType(std::size_t index) const {

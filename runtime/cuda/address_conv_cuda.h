@@ -1,11 +1,14 @@
 // AddressConv for onnxruntime's CUDA execution provider: gather the displaced, strided input
-// channels into [N, Cin, Ho*Wo] scratch (address_conv_impl.cu), then one cuBLAS strided-batched
-// SGEMM per group (or per image) onto the bias.  Same inputs, attributes and checks as the CPU op
+// channels into [N, Cin, Ho*Wo] scratch (address_conv_impl.cu; skipped for an identity table at
+// stride 1), then one cuBLAS strided-batched SGEMM per group (or per image) onto bias + residual,
+// then the clamp of a fused Relu / Clip.  Same inputs, attributes and checks as the CPU op
 // (csrc/address_conv_op.h; the checks of both are in csrc/op_attrs.h); `address` is taken in host
 // memory (validated there, copied to the device once when it is an initializer).
 #pragma once
 
 #include <cstdint>
+
+#include "address_conv.h"
 
 #include "gemm_cuda.h"
 #include "op_names.h"
@@ -23,6 +26,7 @@ class AddressConvCudaKernel {
 
   const OrtApi& api_;
   AddressConvAttrs attrs_;
+  AddressConvEpilogue clip_;  // the fused Relu / Clip (its residual is per run)
   DeviceTable address_;
   CublasHandles cublas_;
 };
@@ -31,7 +35,7 @@ struct AddressConvCudaOp : FloatOutputOp<AddressConvCudaOp, AddressConvCudaKerne
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kAddressConv; }
   const char* GetExecutionProviderType() const { return kCudaProvider; }
-  std::size_t GetInputTypeCount() const { return 4; }
+  std::size_t GetInputTypeCount() const { return 5; }
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
   OrtMemType GetInputMemoryType(std::size_t index) const;
