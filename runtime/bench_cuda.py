@@ -167,25 +167,36 @@ def set_tf32(on: bool) -> None:
     os.environ["ONNXOPT_CUDA_TF32"] = "1" if on else "0"
 
 
-def provider_counts(model: onnx.ModelProto, x: np.ndarray) -> str:
-    """How many nodes each provider ran in one profiled CUDA run, and where the custom ops ran."""
+def provider_counts(model: onnx.ModelProto, x: np.ndarray, runs: int = 20) -> str:
+    """Where the nodes ran (onnxruntime's profile of ``runs`` CUDA runs after one warm-up) and the
+    mean time per run of each op type: on the CUDA provider a node's time is its host-side launch
+    time (kernels run asynchronously), the cost that dominates small batches."""
     import collections
     import json
 
     with tempfile.TemporaryDirectory() as tmp:
         sess = cuda_session(model, tf32=False, profile_prefix=f"{tmp}/prof")
-        sess.run(None, {sess.get_inputs()[0].name: x})
+        feeds = {sess.get_inputs()[0].name: x}
+        sess.run(None, feeds)
+        for _ in range(runs):
+            sess.run(None, feeds)
         with open(sess.end_profiling()) as f:
             events = [e for e in json.load(f) if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
-    nodes = collections.Counter((e["args"].get("provider", "?"), e["args"].get("op_name", "?")) for e in events)
+    per_run = len(events) // (runs + 1)
+    nodes = collections.Counter((e["args"].get("provider", "?").replace("ExecutionProvider", ""),
+                                 e["args"].get("op_name", "?")) for e in events[:per_run])
     by_provider = collections.Counter()
     for (provider, _), count in nodes.items():
-        by_provider[provider.replace("ExecutionProvider", "")] += count
-    custom = sorted(f"{op} x{count} on {provider.replace('ExecutionProvider', '')}"
-                    for (provider, op), count in nodes.items() if op in ops.NATIVE_OPS)
+        by_provider[provider] += count
+    us = collections.defaultdict(float)
+    for e in events[per_run:]:
+        us[e["args"].get("op_name", "?")] += e["dur"] / runs
+    custom = sorted(f"{op} x{count} on {provider}" for (provider, op), count in nodes.items() if op in ops.NATIVE_OPS)
     copies = sum(count for (_, op), count in nodes.items() if op.startswith("Memcpy"))
+    ops_us = ", ".join(f"{op} {t:.0f}" for op, t in sorted(us.items(), key=lambda kv: -kv[1]))
     return (", ".join(f"{k} {v}" for k, v in sorted(by_provider.items())) + " nodes"
-            + (f"; {', '.join(custom)}" if custom else "") + f"; {copies} memcpy nodes")
+            + (f"; {', '.join(custom)}" if custom else "") + f"; {copies} memcpy nodes\n"
+            + f"      node time per run {sum(us.values()):.0f} us: {ops_us}")
 
 
 def cpu_output(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -217,9 +228,9 @@ def build_nets(batches: list[int], tf32_search: bool) -> list[tuple[str, int, di
             applied, report = onnxopt.apply(per_batch[batch]["original"], target="cuda")
             per_batch[batch]["applied"] = applied
             print(f"{label} N{batch}: " + "; ".join(f"{r.name}: {r.summary}" for r in report.passes if r.changed))
-            # the chain rule (plain 1x1 convs next to AddressConvs become AddressConvs) turned off
-            per_batch[batch]["applied-nochain"], _ = onnxopt.apply(
-                per_batch[batch]["original"], target="cuda", options={"shift": {"address_chains": False}})
+            if "no-shift" in nets:  # the chain rule (plain 1x1 convs next to AddressConvs join them) off
+                per_batch[batch]["applied-nochain"], _ = onnxopt.apply(
+                    per_batch[batch]["original"], target="cuda", options={"shift": {"address_chains": False}})
         return per_batch
 
     nets = []
@@ -280,7 +291,8 @@ def check_net(label: str, size: int, per_batch: dict, baseline: str, lossy: set,
         flag = "" if name in lossy or max(vs_gpu, vs_cpu, own) < 1e-4 else "  MISMATCH"
         print(f"  {label} N{batch}: {name} on CUDA vs {reference} on CUDA {kind} {vs_gpu:.2e}, on CPU "
               f"{vs_cpu:.2e}; vs itself on CPU {own:.2e}{flag}")
-        if batch == 1:
+    if batch == 1:
+        for name, model in variants.items():
             print(f"    {name}: {provider_counts(model, x)}")
 
 

@@ -86,11 +86,6 @@ void AddressConvCudaKernel::Compute(OrtKernelContext* context) {
       check(address_conv_gather(stream, g, x + n0 * x_image, address, cols), "address_conv_gather launch");
     }
     float* y_chunk = out + n0 * y_image;
-    const bool accumulate = bias || residual;
-    if (accumulate)
-      check(init_output(stream, bias, residual ? residual + n0 * y_image : nullptr, count, s.out_channels, plane,
-                        y_chunk),
-            "init_output launch");
     GroupedGemm gemm;
     gemm.batch = count;
     gemm.group = attrs_.group;
@@ -99,9 +94,11 @@ void AddressConvCudaKernel::Compute(OrtKernelContext* context) {
     gemm.n = plane;
     gemm.b_image_stride = direct ? x_image : s.in_channels * plane;
     gemm.c_image_stride = y_image;
-    gemm.accumulate = accumulate;
     grouped_gemm(handle, gemm, weights, direct ? x + n0 * x_image : cols, y_chunk);
-    if (!clip_.empty()) check(clamp(stream, y_chunk, count * y_image, clip_.clip_min, clip_.clip_max), "clamp launch");
+    if (bias || residual || !clip_.empty())
+      check(epilogue(stream, bias, residual ? residual + n0 * y_image : nullptr, count, s.out_channels, plane,
+                     clip_.clip_min, clip_.clip_max, y_chunk),
+            "epilogue launch");
   }
   scratch.release();
 }

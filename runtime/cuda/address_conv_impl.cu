@@ -1,7 +1,5 @@
 #include "address_conv_impl.h"
 
-#include <algorithm>
-
 namespace onnxopt::cuda {
 namespace {
 
@@ -23,23 +21,18 @@ __global__ void address_gather_kernel(const float* __restrict__ x, const int* __
   cols[(static_cast<long long>(n) * in_channels + k) * plane + p] = v;
 }
 
-// grid: x over positions, y = channel, z = image.  Either of bias and residual may be null.
-__global__ void init_output_kernel(const float* __restrict__ bias, const float* __restrict__ residual,
-                                   float* __restrict__ y, int channels, int plane) {
+// grid: x over positions, y = channel, z = image.  y = clamp(y + bias[o] + residual, lo, hi);
+// bias and residual may be null.
+__global__ void epilogue_kernel(const float* __restrict__ bias, const float* __restrict__ residual,
+                                float* __restrict__ y, int channels, int plane, float lo, float hi) {
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= plane) return;
   const int o = blockIdx.y, n = blockIdx.z;
   const long long i = (static_cast<long long>(n) * channels + o) * plane + p;
-  float v = bias ? bias[o] : 0.0f;
+  float v = y[i];
+  if (bias) v += bias[o];
   if (residual) v += residual[i];
-  y[i] = v;
-}
-
-// grid-stride loop over y[0, count).
-__global__ void clamp_kernel(float* __restrict__ y, long long count, float lo, float hi) {
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < count;
-       i += static_cast<long long>(gridDim.x) * blockDim.x)
-    y[i] = fminf(fmaxf(y[i], lo), hi);
+  y[i] = fminf(fmaxf(v, lo), hi);
 }
 
 bool grid_fits(std::int64_t x_blocks, std::int64_t y, std::int64_t z) {
@@ -63,21 +56,14 @@ cudaError_t address_conv_gather(cudaStream_t stream, const AddressGatherShape& s
   return cudaGetLastError();
 }
 
-cudaError_t init_output(cudaStream_t stream, const float* bias, const float* residual, std::int64_t batch,
-                        std::int64_t channels, std::int64_t plane, float* y) {
+cudaError_t epilogue(cudaStream_t stream, const float* bias, const float* residual, std::int64_t batch,
+                     std::int64_t channels, std::int64_t plane, float lo, float hi, float* y) {
   const std::int64_t blocks = (plane + kThreads - 1) / kThreads;
   if (batch == 0) return cudaSuccess;
   if (!grid_fits(blocks, channels, batch)) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(channels), static_cast<unsigned>(batch));
-  init_output_kernel<<<grid, kThreads, 0, stream>>>(bias, residual, y, static_cast<int>(channels),
-                                                    static_cast<int>(plane));
-  return cudaGetLastError();
-}
-
-cudaError_t clamp(cudaStream_t stream, float* y, std::int64_t count, float lo, float hi) {
-  if (count == 0) return cudaSuccess;
-  const std::int64_t blocks = std::min<std::int64_t>((count + kThreads - 1) / kThreads, 65535);
-  clamp_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(y, count, lo, hi);
+  epilogue_kernel<<<grid, kThreads, 0, stream>>>(bias, residual, y, static_cast<int>(channels),
+                                                 static_cast<int>(plane), lo, hi);
   return cudaGetLastError();
 }
 

@@ -20,12 +20,10 @@ struct AddressGatherShape {
 cudaError_t address_conv_gather(cudaStream_t stream, const AddressGatherShape& s, const float* x,
                                 const std::int32_t* address, float* cols);
 
-// y[n, o, p] = bias[o] + residual[n, o, p] for every image (either may be null: it counts as 0):
-// the GEMM then accumulates onto it.
-cudaError_t init_output(cudaStream_t stream, const float* bias, const float* residual, std::int64_t batch,
-                        std::int64_t channels, std::int64_t plane, float* y);
-
-// y[i] = min(max(y[i], lo), hi) for i in [0, count): the fused Relu / Clip after the GEMM.
-cudaError_t clamp(cudaStream_t stream, float* y, std::int64_t count, float lo, float hi);
+// y[n, o, p] = min(max(y[n, o, p] + bias[o] + residual[n, o, p], lo), hi) in place, after the
+// GEMM: the bias, the fused residual Add and the fused Relu / Clip in one pass (bias and residual
+// may be null: they count as 0).
+cudaError_t epilogue(cudaStream_t stream, const float* bias, const float* residual, std::int64_t batch,
+                     std::int64_t channels, std::int64_t plane, float lo, float hi, float* y);
 
 }  // namespace onnxopt::cuda

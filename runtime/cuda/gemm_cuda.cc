@@ -59,22 +59,22 @@ void grouped_gemm(cublasHandle_t handle, const GroupedGemm& g, const float* a, c
   // Row-major C = A.B is column-major C^T = B^T . A^T: cuBLAS sees an (n x m) result from
   // B^T (n x k, leading dimension n) times A^T (k x m, leading dimension k).
   const int m = as_int(g.n, "positions"), n = as_int(g.m, "Cout/group"), k = as_int(g.k, "K/group");
-  const float one = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
+  const float one = 1.0f, zero = 0.0f;
   const long long a_group = g.m * g.k, b_group = g.k * g.n, c_group = g.m * g.n;
   if (g.batch == 1 && g.group == 1) {
-    check_cublas(api.sgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, b, m, a, k, &beta, c, m), "cublasSgemm");
+    check_cublas(api.sgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, b, m, a, k, &zero, c, m), "cublasSgemm");
     return;
   }
   if (g.batch >= g.group) {
     for (std::int64_t gi = 0; gi < g.group; ++gi)
       check_cublas(api.sgemm_strided_batched(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, b + gi * b_group, m,
-                                             g.b_image_stride, a + gi * a_group, k, 0, &beta, c + gi * c_group, m,
+                                             g.b_image_stride, a + gi * a_group, k, 0, &zero, c + gi * c_group, m,
                                              g.c_image_stride, as_int(g.batch, "batch")),
                    "cublasSgemmStridedBatched (over images)");
   } else {
     for (std::int64_t bi = 0; bi < g.batch; ++bi)
       check_cublas(api.sgemm_strided_batched(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one,
-                                             b + bi * g.b_image_stride, m, b_group, a, k, a_group, &beta,
+                                             b + bi * g.b_image_stride, m, b_group, a, k, a_group, &zero,
                                              c + bi * g.c_image_stride, m, c_group, as_int(g.group, "group")),
                    "cublasSgemmStridedBatched (over groups)");
   }

@@ -1,5 +1,5 @@
 // The GEMM both CUDA kernels end in, on cuBLAS: per image and group,
-//   C[b][g] (m x n) = A[g] (m x k) . B[b][g] (k x n)   (+ C when accumulate)
+//   C[b][g] (m x n) = A[g] (m x k) . B[b][g] (k x n)
 // all row-major: A = the weights [Cout, K] of group g (rows g*m ..), B = the gathered operand of
 // image b (rows g*k ..), C = the output of image b (rows g*m ..).
 #pragma once
@@ -18,7 +18,6 @@ struct GroupedGemm {
   std::int64_t batch = 1, group = 1;
   std::int64_t m = 0, n = 0, k = 0;              // per group: m = Cout/group, k = K/group, n = positions
   std::int64_t b_image_stride = 0, c_image_stride = 0;  // elements between images in B and C
-  bool accumulate = false;                       // C += A.B (C holds the bias), else C = A.B
 };
 
 // cuBLAS handles of one kernel instance, one per device, created on first use.  cuBLAS handles
