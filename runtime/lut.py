@@ -32,8 +32,22 @@ def cache_dir() -> Path:
 
 def table_id(target: Target) -> str:
     env = environment()
-    ident = json.dumps([target.name, target.provider, target.threads, target.opt_level, env["onnxruntime"], env["cpu"]])
-    return f"{target.name}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
+    ident = [target.name, target.provider, target.threads, target.opt_level, env["onnxruntime"], env["cpu"]]
+    if target.provider == "CUDAExecutionProvider":
+        ident += [gpu_models(), os.environ.get("ONNXOPT_CUDA_TF32", "0")]  # the GPU and our kernels' math mode
+    return f"{target.name}-{hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:12]}"
+
+
+def gpu_models() -> list[str]:
+    """The NVIDIA GPUs' model names as the driver reports them (empty where there is none)."""
+    models = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            models += [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                       if line.startswith("Model:")]
+        except OSError:
+            pass
+    return models
 
 
 def layer_key(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any], rate: float = 1.0) -> str:

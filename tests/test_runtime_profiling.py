@@ -99,3 +99,22 @@ def test_lookup_table_measures_once_and_persists(tmp_path, tiny_model):
     assert lut.LatencyTable(target, path=tmp_path / "lut.json").entries == {}
     assert lut.table_id(target) != lut.table_id(Target("t", threads=2))
     np.testing.assert_equal(lut.layer_key("Conv", [[1]], {"b": 1, "a": 2}), "Conv|1|a=2,b=1|1.0000")
+
+
+def test_cuda_tables_are_kept_apart_by_gpu_model_and_math_mode(monkeypatch):
+    from onnxopt.runtime import lut
+    from onnxopt.runtime.targets import Target
+
+    cuda = Target("cuda", provider="CUDAExecutionProvider")
+    monkeypatch.setenv("ONNXOPT_CUDA_TF32", "0")
+    monkeypatch.setattr(lut, "gpu_models", lambda: ["NVIDIA H200"])
+    fp32_h200 = lut.table_id(cuda)
+    monkeypatch.setenv("ONNXOPT_CUDA_TF32", "1")
+    assert lut.table_id(cuda) != fp32_h200
+    monkeypatch.setenv("ONNXOPT_CUDA_TF32", "0")
+    monkeypatch.setattr(lut, "gpu_models", lambda: ["NVIDIA A100-SXM4-80GB"])
+    assert lut.table_id(cuda) != fp32_h200
+    cpu = Target("cpu")
+    before = lut.table_id(cpu)
+    monkeypatch.setenv("ONNXOPT_CUDA_TF32", "1")
+    assert lut.table_id(cpu) == before  # CPU tables do not depend on the GPU settings
