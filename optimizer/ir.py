@@ -436,6 +436,34 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def clip_bounds(node: gs.Node) -> tuple[float, float] | None:
+    """(min, max) of a Clip whose bounds are constant scalars (opset >= 11 inputs, seen through
+    Identity nodes, or the older attributes; a missing bound is infinite), else None."""
+    lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
+    for i in (1, 2):
+        if len(node.inputs) > i and node.inputs[i] is not None and node.inputs[i].name:
+            t = node.inputs[i]
+            while (p := producer(t)) is not None and p.op == "Identity" and (p.domain or "") in ("", "ai.onnx"):
+                t = p.inputs[0]
+            v = const_value(t)
+            if v is None or v.size != 1:
+                return None
+            lo, hi = (float(v.reshape(())), hi) if i == 1 else (lo, float(v.reshape(())))
+    if np.isnan(lo) or np.isnan(hi) or lo > hi:
+        return None
+    return float(lo), float(hi)
+
+
+def activation_bounds(node: gs.Node) -> tuple[float, float] | None:
+    """The clamp a conv can fuse for ``node``: (0, inf) for a Relu, the bounds of a Clip with constant
+    scalar bounds, else None."""
+    if (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    if node.op == "Relu":
+        return 0.0, float("inf")
+    return clip_bounds(node) if node.op == "Clip" else None
+
+
 def producer(t: gs.Tensor) -> gs.Node | None:
     """The node producing ``t`` (None for graph inputs and initializers)."""
     return t.inputs[0] if len(t.inputs) == 1 else None

@@ -640,6 +640,10 @@ class _Perforator:
             row = {"layer": name, "strategy": label, "rate": rate, "kept": kept, "positions": layer.plane,
                    "kept_fraction": round(kept / layer.plane, 4), "realisation": realisation,
                    "deviation_alone": round(alone[name], 6)}
+            if realisation == "kernel":
+                fused = _fuse_activation(self.graph, next(n for n in self.graph.nodes if n.name == name))
+                if fused:
+                    row["fused_activation"] = fused
             if self.lut is not None:
                 dense, perf = self.layer_time(layer, 1.0), self.layer_time(layer, rate)
                 row.update(time_dense_ms=round(dense, 4), time_perforated_ms=round(perf, 4),
@@ -665,8 +669,11 @@ class _Perforator:
         if self.budgets:
             k, v = next(iter(self.budgets.items()))
             budget = f" (budget {k.removeprefix('budget_')} {v:g})"
-        self.result.summary = (f"perforated {len(rows)} of {len(self.layers)} eligible convs; output deviation "
-                               f"{final['deviation']:.3g}{budget}{saved}")
+        fused = sum("fused_activation" in r for r in rows)
+        d["activations_fused"] = fused
+        fused_text = f", {fused} activations fused" if fused else ""
+        self.result.summary = (f"perforated {len(rows)} of {len(self.layers)} eligible convs{fused_text}; output "
+                               f"deviation {final['deviation']:.3g}{budget}{saved}")
         for layer in self.layers:
             if layer.name not in config:
                 self.result.decline(layer.name, "kept at rate 1" + (" (budget)" if self.budgets else ""))
@@ -684,3 +691,18 @@ def format_layers(rows: list[dict]) -> str:
         lines.append(f"{r['layer'][-28:]:28}{r['strategy'][:10]:>10}{r['rate']:>7.3g}{r['kept_fraction']:>8.3f}"
                      f"{r['realisation']:>9}{saved:>10}{r['deviation_alone']:>11.3g}")
     return "\n".join(lines)
+
+
+def _fuse_activation(graph: gs.Graph, node: gs.Node) -> str | None:
+    """Fold the Relu / constant Clip that alone reads PerforatedConv ``node``'s output into its
+    clip_min / clip_max (exact: the clamp commutes with the fill, which only copies values; onnxruntime
+    would have fused it into the dense Conv). Returns the absorbed op type, or None."""
+    user = ir.only_consumer(graph, node.outputs[0])
+    bounds = ir.activation_bounds(user) if user is not None else None
+    if bounds is None:
+        return None
+    node.attrs["clip_min"], node.attrs["clip_max"] = bounds
+    node.outputs = list(user.outputs)
+    user.outputs.clear()
+    user.inputs.clear()
+    return user.op

@@ -702,7 +702,7 @@ class ShiftPass:
                 node.inputs.append(others[0])
                 self.counts["residuals_fused"] += 1
             elif user.op in ("Relu", "Clip") and "clip_min" not in node.attrs:
-                bounds = (0.0, np.inf) if user.op == "Relu" else _clip_bounds(user)
+                bounds = ir.activation_bounds(user)
                 if bounds is None:
                     return
                 node.attrs["clip_min"], node.attrs["clip_max"] = float(bounds[0]), float(bounds[1])
@@ -776,20 +776,6 @@ def _same_static_shape(a: gs.Tensor, b: gs.Tensor) -> bool:
     sa, sb = getattr(a, "shape", None), getattr(b, "shape", None)
     return (sa is not None and sb is not None and len(sa) == 4 and list(sa) == list(sb)
             and all(isinstance(d, (int, np.integer)) for d in sa) and a.dtype == np.float32)
-
-
-def _clip_bounds(node: gs.Node) -> tuple[float, float] | None:
-    """(min, max) of a Clip whose bounds are constant scalars (opset >= 11 inputs or older attributes)."""
-    lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
-    for i, name in ((1, "min"), (2, "max")):
-        if len(node.inputs) > i and node.inputs[i].name:
-            v = _const(node.inputs[i])
-            if v is None or v.size != 1:
-                return None
-            lo, hi = (float(v.reshape(())), hi) if name == "min" else (lo, float(v.reshape(())))
-    if np.isnan(lo) or np.isnan(hi) or lo > hi:
-        return None
-    return float(lo), float(hi)
 
 
 def _is_gather(node: gs.Node | None) -> bool:

@@ -70,7 +70,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import const_value, is_graph_output
+from onnxopt.ir import clip_bounds, const_value, is_graph_output
 from onnxopt.passmanager import PassContext, PassResult, register
 
 log = logging.getLogger(__name__)
@@ -79,20 +79,6 @@ _NAN = np.nan
 
 
 # --- unary elementwise ops: how a constant maps through them ------------------------------------
-
-def _clip_bounds(node: gs.Node) -> tuple[float, float] | None:
-    lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
-    for i, default in ((1, None), (2, None)):
-        if len(node.inputs) > i and node.inputs[i] is not None and node.inputs[i].name:
-            v = const_value(node.inputs[i])
-            if v is None:
-                return None
-            if i == 1:
-                lo = float(np.asarray(v).reshape(-1)[0])
-            else:
-                hi = float(np.asarray(v).reshape(-1)[0])
-    return float(lo), float(hi)
-
 
 def _unary_fn(node: gs.Node) -> Callable[[np.ndarray], np.ndarray] | None:
     a = node.attrs
@@ -105,7 +91,7 @@ def _unary_fn(node: gs.Node) -> Callable[[np.ndarray], np.ndarray] | None:
         al = float(a.get("alpha", 0.01))
         return lambda x: np.where(x < 0, al * x, x)
     if op == "Clip":
-        b = _clip_bounds(node)
+        b = clip_bounds(node)
         if b is None:
             return None
         return lambda x: np.where(np.isnan(x), x, np.clip(x, b[0], b[1]))

@@ -152,14 +152,19 @@ def perforated_conv_function(opset: int) -> onnx.FunctionProto:
         n("Reshape", ["Yd", "flat"], ["Yf"]),
         n("Gather", ["Yf", "positions"], ["Yk"], axis=2),
         n("Gather", ["Yk", "fill"], ["Yg"], axis=2),
-        n("Reshape", ["Yg", "yshape"], ["Y"]),
+        n("Reshape", ["Yg", "yshape"], ["Yr"]),
+        _ref_const("lo", "clip_min", "value_float"), _ref_const("hi", "clip_max", "value_float"),
+        n("Clip", ["Yr", "lo", "hi"], ["Y"]),
     ]
     f = helper.make_function(
         ops.DOMAIN, ops.PERFORATED_CONV, inputs=["X", "W", "B", "positions", "fill"], outputs=["Y"], nodes=nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["kernel_shape", "strides", "pads", "dilations", "group"])
+    f.attribute_proto.extend([helper.make_attribute("clip_min", float("-inf")),
+                              helper.make_attribute("clip_max", float("inf"))])
     f.doc_string = (f"{ops.PERFORATED_CONV} from standard ops: the dense Conv, then output position q takes "
-                    "the value at positions[fill[q]] (Gather, Gather on the flattened plane).")
+                    "the value at positions[fill[q]] (Gather, Gather on the flattened plane), then the fused "
+                    "activation's clamp to [clip_min, clip_max] (default -inf / +inf).")
     return f
 
 
@@ -404,9 +409,10 @@ def address_conv_model(x_shape, weight, bias, address, group: int = 1, strides=(
 
 def perforated_conv_model(x_shape, weight, bias, positions, fill, group: int = 1, strides=(1, 1),
                           pads=(0, 0, 0, 0), dilations=(1, 1), opset: int = 17, dynamic_batch: bool = False,
-                          dynamic_hw: bool = False, with_functions: bool = True) -> onnx.ModelProto:
+                          dynamic_hw: bool = False, with_functions: bool = True, clip=None) -> onnx.ModelProto:
     """A one-node model ``Y = PerforatedConv(X, W, B, positions, fill)`` with W, B, positions, fill as
-    initializers (for tests, benchmarks and latency tables). ``bias`` may be None (input left empty)."""
+    initializers (for tests, benchmarks and latency tables). ``bias`` may be None (input left empty);
+    ``clip`` = (clip_min, clip_max) sets the fused activation's attributes."""
     import numpy as np
 
     n, c, h, w = x_shape
@@ -422,8 +428,9 @@ def perforated_conv_model(x_shape, weight, bias, positions, fill, group: int = 1
     if bias is not None:
         inits.append(onnx.numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
         inputs[2] = "B"
+    attrs = {"clip_min": float(clip[0]), "clip_max": float(clip[1])} if clip is not None else {}
     node = helper.make_node(ops.PERFORATED_CONV, inputs, ["Y"], domain=ops.DOMAIN, kernel_shape=[kh, kw],
-                            group=group, strides=list(strides), pads=list(pads), dilations=list(dilations))
+                            group=group, strides=list(strides), pads=list(pads), dilations=list(dilations), **attrs)
     graph = helper.make_graph([node], "perforated_conv",
                               [helper.make_tensor_value_info("X", TensorProto.FLOAT,
                                                              [batch, c, "H", "W"] if dynamic_hw else [batch, c, h, w])],

@@ -83,6 +83,19 @@ def test_kernel_matches_reference_and_fallback(case):
     assert rel_err(ours, run(model, x, threads=1, custom_ops=False)) < 1e-5
 
 
+@pytest.mark.parametrize("clip", [(0.0, np.inf), (-0.5, 0.75)], ids=["relu", "clip"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[8]], ids=["plain", "depthwise", "all-kept", "wide"])
+def test_fused_activation_clamps_kernel_and_fallback(case, clip):
+    """clip_min / clip_max (a Relu or Clip the pass fused): the kernel clamps after the fill (and with
+    everything kept, where there is no fill pass, over the output); the function ends in a Clip."""
+    model, x, unclipped = case_model(case, clip=clip)
+    ref, tol = np.clip(unclipped, *clip), 1e-5 * np.abs(unclipped).max()  # the error of the sums, before clamping
+    assert np.abs(run(model, x, threads=1, custom_ops=False) - ref).max() <= tol
+    if LIB is not None:
+        assert np.abs(run(model, x, threads=1) - ref).max() <= tol
+        assert np.abs(run(model, x, threads=2) - ref).max() <= tol
+
+
 @needs_lib
 def test_kernel_random_shapes():
     rng = np.random.default_rng(7)
@@ -355,6 +368,11 @@ def test_explicit_rates(tmp_path, calib):
         assert {"strategy", "rate", "time_saved_ms", "deviation_alone", "realisation"} <= set(r)
         assert r["strategy"] == "uniform" and r["realisation"] == "kernel"
     assert "conv3" not in res.details["eligible"]  # 1x1 convs are not perforated
+    # the Relu after each perforated conv is fused into it (exact: the clamp commutes with the fill)
+    assert not [n for n in out.graph.node if n.op_type == "Relu"]
+    assert all(next(a.f for a in n.attribute if a.name == "clip_min") == 0.0 for n in perf)
+    assert rows["conv1"]["fused_activation"] == "Relu" and res.details["activations_fused"] == 2
+    assert "2 activations fused" in res.summary
     # MACs: kept positions x per-position MACs
     stats = {layer.name: layer.macs for layer in model_stats(out, {"x": [1, 3, 12, 12]}).layers}
     assert stats["conv1"] == 72 * 8 * 27

@@ -277,6 +277,24 @@ def test_perforated_conv_cuda_matches_conv_cpu_and_function(case, batch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("clip", [(0.0, np.inf), (-0.5, 0.75)], ids=["relu", "clip"])
+def test_perforated_conv_cuda_fused_activation(clip, batch):
+    """clip_min / clip_max (the Relu / Clip the perforate pass fuses), applied by the fill kernel."""
+    rng = np.random.default_rng(9 + batch)
+    x, weight, b, positions, fill, group, stride, pad, dilation = perforated_case(rng, batch, PERFORATED_CASES[0])
+    model = fallbacks.perforated_conv_model(x.shape, weight, b, positions, fill, group, (stride, stride), (pad,) * 4,
+                                            (dilation, dilation), clip=clip)
+    unclipped = dense_conv_then_fill(x, weight, b, positions, fill, group, stride, pad, dilation)
+    ref, tol = np.clip(unclipped, *clip), 1e-4 * np.abs(unclipped).max()
+    feeds = {"X": x}
+    gpu = run(model, feeds, CUDA)
+    assert np.abs(gpu - ref).max() <= tol
+    assert np.abs(gpu - run(model, feeds, CPU)).max() <= tol
+    assert np.abs(gpu - run(model, feeds, CPU, custom_ops=False)).max() <= tol
+
+
+@needs_gpu
 def test_perforated_conv_runs_on_the_cuda_provider(tmp_path):
     rng = np.random.default_rng(4)
     x, weight, b, positions, fill, group, stride, pad, dilation = perforated_case(rng, 2, PERFORATED_CASES[0])

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "perforated_conv_kernels.h"
@@ -88,6 +89,12 @@ void pack_generic(const float* image, const PanelGeometry& g, const std::int32_t
       dst += nr;
     }
   }
+}
+
+// o[i] = min(max(o[i], lo), hi); a NaN stays NaN (std::max / std::min return their first argument
+// when a comparison is false).
+void clamp_row(float* o, std::int64_t count, float lo, float hi) {
+  for (std::int64_t i = 0; i < count; ++i) o[i] = std::min(std::max(o[i], lo), hi);
 }
 
 void fill_generic(const float* src, const std::int32_t* fill, const FillVector*, std::int64_t count, float* dst) {
@@ -410,7 +417,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
 
 void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedWeights& weights,
                      const float* bias, const PerforatedPlan& plan, float* y, const GemmIsa& isa,
-                     const ParallelFor& parallel_for) {
+                     const ParallelFor& parallel_for, float clip_min, float clip_max) {
   const std::int64_t count = static_cast<std::int64_t>(plan.positions.size());
   const std::int32_t* fill = plan.fill.data();
   const std::int64_t plane_out = s.out_height() * s.out_width();
@@ -531,18 +538,20 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
       }
     }
   });
-  if (identity) return;
-
-  // Fill: every output position takes its kept neighbour's value.
+  // Fill: every output position takes its kept neighbour's value; then the clamp, if any, over the
+  // row just written (with no fill, over y's rows as the tiles left them).
+  const bool clamps = clip_min > -std::numeric_limits<float>::infinity() ||
+                      clip_max < std::numeric_limits<float>::infinity();
+  if (identity && !clamps) return;
   const std::int64_t rows = s.batch * s.out_channels;
   const float* src_all = dst;
   parallel_for(static_cast<std::size_t>(ceil_div(rows, kFillRows)), [&](std::size_t item) {
     const std::int64_t r0 = static_cast<std::int64_t>(item) * kFillRows;
     const std::int64_t r1 = std::min(rows, r0 + kFillRows);
     for (std::int64_t r = r0; r < r1; ++r) {
-      const float* src = src_all + r * count;
       float* o = y + r * plane_out;
-      kernels.fill(src, fill, plan.fill_vectors.data(), plane_out, o);
+      if (!identity) kernels.fill(src_all + r * count, fill, plan.fill_vectors.data(), plane_out, o);
+      if (clamps) clamp_row(o, plane_out, clip_min, clip_max);
     }
   });
 }

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -72,10 +73,13 @@ class PerforatedPlanCache {
 };
 
 // y [N, Cout, Ho, Wo] = PerforatedConv(x [N, Cin, H, W], weights [Cout, K] packed, bias [Cout] or
-// null) at the plan's mask (made for this shape's geometry and isa.nr).
+// null) at the plan's mask (made for this shape's geometry and isa.nr), then clamped to
+// [clip_min, clip_max] (a fused Relu / Clip; the defaults clamp nothing and NaN stays NaN).  The
+// clamp is applied to each output row right after the fill wrote it (still in L1).
 void perforated_conv(const PerforatedConvShape& shape, const float* x, const PackedWeights& weights,
                      const float* bias, const PerforatedPlan& plan, float* y, const GemmIsa& isa,
-                     const ParallelFor& parallel_for);
+                     const ParallelFor& parallel_for, float clip_min = -std::numeric_limits<float>::infinity(),
+                     float clip_max = std::numeric_limits<float>::infinity());
 
 // The same with the plan built for this call (positions [P], fill [Ho*Wo]; the mask must have
 // been validated for Ho*Wo).

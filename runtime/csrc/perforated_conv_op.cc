@@ -27,6 +27,7 @@ void fail_if(const std::string& error) {
 PerforatedConvKernel::PerforatedConvKernel(const OrtApi& api, const OrtKernelInfo* info)
     : api_(api), isa_(gemm_isa()) {
   fail_if(read_perforated_conv_attrs(api, info, attrs_));
+  fail_if(clip_attrs(api, info, clip_min_, clip_max_));
 
   // Weights that are initializers are packed once here instead of on every run.
   if (const Ort::ConstValue wv = constant_input(api, info, kW)) {
@@ -84,7 +85,8 @@ void PerforatedConvKernel::Compute(OrtKernelContext* context) {
     weights = &per_run;
   }
   const ParallelFor parallel_for = ort_parallel_for(ctx);
-  perforated_conv(s, in.x.GetTensorData<float>(), *weights, in.bias, *plan, out, isa_, parallel_for);
+  perforated_conv(s, in.x.GetTensorData<float>(), *weights, in.bias, *plan, out, isa_, parallel_for, clip_min_,
+                  clip_max_);
 }
 
 OrtStatusPtr PerforatedConvKernel::ComputeV2(OrtKernelContext* context) {

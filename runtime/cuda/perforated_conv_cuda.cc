@@ -34,6 +34,7 @@ std::string validate_perforation_mask(const std::int32_t* positions, std::int64_
 
 PerforatedConvCudaKernel::PerforatedConvCudaKernel(const OrtApi& api, const OrtKernelInfo* info) : api_(api) {
   fail_if(read_perforated_conv_attrs(api, info, attrs_));
+  fail_if(clip_attrs(api, info, clip_min_, clip_max_));
   const std::vector<std::int32_t> positions = constant_int32_input(api, info, kPositions);
   if (!positions.empty()) positions_.set_constant(positions.data(), positions.size());
   const std::vector<std::int32_t> fill = constant_int32_input(api, info, kFill);
@@ -116,7 +117,8 @@ void PerforatedConvCudaKernel::Compute(OrtKernelContext* context) {
     gemm.b_image_stride = k_rows * kept;
     gemm.c_image_stride = cout * kept;
     grouped_gemm(handle, gemm, weights, cols, kept_out);
-    check(perforated_conv_fill(stream, kept_out, fills, bias, count, cout, kept, plane, out + n0 * cout * plane),
+    check(perforated_conv_fill(stream, kept_out, fills, bias, count, cout, kept, plane, clip_min_, clip_max_,
+                              out + n0 * cout * plane),
           "perforated_conv_fill launch");
   }
   scratch.release();

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "gemm_cuda.h"
@@ -27,6 +28,8 @@ class PerforatedConvCudaKernel {
 
   const OrtApi& api_;
   PerforatedConvAttrs attrs_;
+  float clip_min_ = -std::numeric_limits<float>::infinity();  // the fused Relu / Clip
+  float clip_max_ = std::numeric_limits<float>::infinity();
   DeviceTable positions_, fill_;
   CublasHandles cublas_;
 };

@@ -21,9 +21,10 @@ struct PerforatedGatherShape {
 cudaError_t perforated_conv_gather(cudaStream_t stream, const PerforatedGatherShape& s, const float* x,
                                    const std::int32_t* positions, float* cols);
 
-// y[n, o, q] = kept[n, o, fill[q]] (+ bias[o]) for q in [0, plane): kept is [N, Cout, P].
+// y[n, o, q] = clamp(kept[n, o, fill[q]] (+ bias[o]), lo, hi) for q in [0, plane): kept is
+// [N, Cout, P]; lo = -inf and hi = +inf clamp nothing (a fused Relu / Clip otherwise).
 cudaError_t perforated_conv_fill(cudaStream_t stream, const float* kept, const std::int32_t* fill, const float* bias,
                                  std::int64_t batch, std::int64_t channels, std::int64_t kept_count,
-                                 std::int64_t plane, float* y);
+                                 std::int64_t plane, float lo, float hi, float* y);
 
 }  // namespace onnxopt::cuda
