@@ -436,9 +436,10 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     return None
 
 
-def clip_bounds(node: gs.Node) -> tuple[float, float] | None:
+def clip_bounds(node: gs.Node, ordered: bool = True) -> tuple[float, float] | None:
     """(min, max) of a Clip whose bounds are constant scalars (opset >= 11 inputs, seen through
-    Identity nodes, or the older attributes; a missing bound is infinite), else None."""
+    Identity nodes, or the older attributes; a missing bound is infinite), else None. With
+    ``ordered`` also None where min > max (ONNX then sets every value to max: no clamp to fuse)."""
     lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
     for i in (1, 2):
         if len(node.inputs) > i and node.inputs[i] is not None and node.inputs[i].name:
@@ -449,7 +450,7 @@ def clip_bounds(node: gs.Node) -> tuple[float, float] | None:
             if v is None or v.size != 1:
                 return None
             lo, hi = (float(v.reshape(())), hi) if i == 1 else (lo, float(v.reshape(())))
-    if np.isnan(lo) or np.isnan(hi) or lo > hi:
+    if np.isnan(lo) or np.isnan(hi) or (ordered and lo > hi):
         return None
     return float(lo), float(hi)
 
@@ -462,6 +463,14 @@ def activation_bounds(node: gs.Node) -> tuple[float, float] | None:
     if node.op == "Relu":
         return 0.0, float("inf")
     return clip_bounds(node) if node.op == "Clip" else None
+
+
+def absorb_consumer(node: gs.Node, user: gs.Node) -> None:
+    """Fold ``user`` (the one consumer of ``node``'s output) into ``node``: ``node`` now produces
+    ``user``'s outputs and ``user`` is detached for cleanup to remove."""
+    node.outputs = list(user.outputs)
+    user.outputs.clear()
+    user.inputs.clear()
 
 
 def producer(t: gs.Tensor) -> gs.Node | None:

@@ -702,7 +702,6 @@ def _fuse_activation(graph: gs.Graph, node: gs.Node) -> str | None:
     if bounds is None:
         return None
     node.attrs["clip_min"], node.attrs["clip_max"] = bounds
-    node.outputs = list(user.outputs)
-    user.outputs.clear()
-    user.inputs.clear()
-    return user.op
+    op = user.op
+    ir.absorb_consumer(node, user)
+    return op

@@ -709,9 +709,7 @@ class ShiftPass:
                 self.counts["activations_fused"] += 1
             else:
                 return
-            node.outputs = list(user.outputs)
-            user.outputs.clear()
-            user.inputs.clear()
+            ir.absorb_consumer(node, user)
 
     def _report_standalone_shifts(self) -> None:
         """Say why each one-hot depthwise conv that is still in the graph was not folded."""

@@ -91,7 +91,7 @@ def _unary_fn(node: gs.Node) -> Callable[[np.ndarray], np.ndarray] | None:
         al = float(a.get("alpha", 0.01))
         return lambda x: np.where(x < 0, al * x, x)
     if op == "Clip":
-        b = clip_bounds(node)
+        b = clip_bounds(node, ordered=False)  # min > max: every value becomes max, as np.clip does
         if b is None:
             return None
         return lambda x: np.where(np.isnan(x), x, np.clip(x, b[0], b[1]))

@@ -1,7 +1,7 @@
 """The CUDA kernels against onnxruntime's CUDA Conv of the same shape (and the ONNX-function
 fallbacks running on the CUDA provider), and whole networks before/after ``apply``, at batch 1 and 32.
 
-    python -m onnxopt.runtime.bench_cuda [--runs 100] [--tf32] [--batches 1,32] [--nets | --ops-only]
+    python -m onnxopt.runtime.bench_cuda [--runs 100] [--tf32] [--batches 1,32] [--nets]
 
 Needs the library built with ``ONNXOPT_CUDA=1`` and onnxruntime-gpu (CUDAExecutionProvider).
 Inputs and outputs are bound to GPU memory (IOBinding), so the times are the ops' alone, host
@@ -264,9 +264,11 @@ def build_nets(batches: list[int], tf32_search: bool) -> list[tuple[str, int, di
     return nets
 
 
-def check_net(label: str, size: int, per_batch: dict, baseline: str, lossy: set, batch: int) -> None:
+def check_net(label: str, size: int, per_batch: dict, baseline: str, lossy: set, batch: int) -> int:
     """Outputs of every non-baseline variant on CUDA against the baseline's (CUDA and CPU) and itself
-    on the CPU; fp32 math throughout."""
+    on the CPU; fp32 math throughout.  Returns the number of mismatches (a lossy variant must still
+    match itself on the CPU)."""
+    mismatches = 0
     set_tf32(False)
     variants = per_batch[batch]
     x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
@@ -288,20 +290,22 @@ def check_net(label: str, size: int, per_batch: dict, baseline: str, lossy: set,
         vs_gpu = np.abs(got - ref_gpu).max() / scale
         vs_cpu = np.abs(got - ref_cpu).max() / scale
         kind = "deviation (lossy)" if name in lossy else "rel err"
-        flag = "" if name in lossy or max(vs_gpu, vs_cpu, own) < 1e-4 else "  MISMATCH"
+        bad = own >= 1e-4 or (name not in lossy and max(vs_gpu, vs_cpu) >= 1e-4)
+        mismatches += bad
+        flag = "  MISMATCH" if bad else ""
         print(f"  {label} N{batch}: {name} on CUDA vs {reference} on CUDA {kind} {vs_gpu:.2e}, on CPU "
               f"{vs_cpu:.2e}; vs itself on CPU {own:.2e}{flag}")
     if batch == 1:
         for name, model in variants.items():
             print(f"    {name}: {provider_counts(model, x)}")
+    return mismatches
 
 
-def nets_tables(batches: list[int], runs: int) -> None:
+def nets_tables(batches: list[int], runs: int) -> int:
+    """Prints the parity checks and the latency tables; returns the number of parity mismatches."""
     nets = build_nets(batches, tf32_search=True)
     print("\nParity (fp32 math: use_tf32=0, ONNXOPT_CUDA_TF32=0)")
-    for net in nets:
-        for batch in batches:
-            check_net(*net, batch)
+    mismatches = sum(check_net(*net, batch) for net in nets for batch in batches)
     print(f"\nWhole networks on the CUDA provider, inputs/outputs bound on the GPU, {runs} interleaved runs, "
           f"median ms; ratio = variant / baseline")
     for tf32 in (False, True):
@@ -316,6 +320,9 @@ def nets_tables(batches: list[int], runs: int) -> None:
                 ratios = "  ".join(f"{name}/{baseline} {t[name] / t[baseline]:.3f}" for name in variants
                                    if name != baseline)
                 print(f"{label:<26} N{batch:<3} {cells}  |  {ratios}")
+    if mismatches:
+        print(f"\n{mismatches} parity MISMATCH(es) above")
+    return mismatches
 
 
 def main(argv=None) -> int:
@@ -336,10 +343,12 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     if args.nets:
         print(f"onnxruntime {ort.__version__}, batches {batches}")
-        nets_tables(batches, args.runs)
-        return 0
+        if args.tf32:
+            print("--tf32 is ignored with --nets: every net is timed in fp32 and in TF32")
+        return 1 if nets_tables(batches, args.runs) else 0
     set_tf32(args.tf32)
     rng = np.random.default_rng(0)
+    mismatches = 0
     print(f"onnxruntime {ort.__version__}, {'TF32' if args.tf32 else 'fp32'}, runs={args.runs} (interleaved, "
           f"medians), times in ms, rates in GFLOP/s of the dense conv computed (effective for "
           f"PerforatedConv); ratio = ours / Conv")
@@ -360,6 +369,7 @@ def main(argv=None) -> int:
             err = np.abs(ours.output() - fb.output()).max() / max(np.abs(fb.output()).max(), 1e-12)
             if err > (1e-2 if args.tf32 else 1e-4):
                 print(f"  MISMATCH ours vs fallback: relative error {err:.2e}")
+                mismatches += 1
             t = bench(runners, args.runs)
             ho, wo = -(-h // stride), -(-w // stride)
             flops = 2.0 * n * cout * (cin // group) * ho * wo
@@ -384,11 +394,14 @@ def main(argv=None) -> int:
             err = np.abs(ours.output() - ref).max() / max(np.abs(ref).max(), 1e-12)
             if err > (1e-2 if args.tf32 else 1e-4):
                 print(f"  MISMATCH ours vs dense Conv + fill: relative error {err:.2e}")
+                mismatches += 1
             t = bench(runners, args.runs)
             flops = 2.0 * n * cout * cin * k * k * ho * wo  # the dense conv's: effective rates
             print(_fmt(f"N{n} {cin}->{cout} {h}x{w} k{k} s{stride} keep{fraction}", flops, t, "conv"))
     sys.stdout.flush()
-    return 0
+    if mismatches:
+        print(f"\n{mismatches} MISMATCH(es) above")
+    return 1 if mismatches else 0
 
 
 if __name__ == "__main__":

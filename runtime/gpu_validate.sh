@@ -6,6 +6,7 @@
 #   bash runtime/gpu_validate.sh run       # on the GPU machine, repo root, after onnxruntime-gpu's
 #                                          # parts (.ortgpu/p1..p5) have been carried there
 #   bash runtime/gpu_validate.sh run quick # the same without the single-op tables (~1 min less)
+#   bash runtime/gpu_validate.sh run tests # the tests only (~30 s)
 #
 # prepare: builds the CUDA wheel of onnxopt (ONNXOPT_CUDA=1) into .whl/ and adds the one Python
 #   package the GPU image lacks (onnx-graphsurgeon, pure Python).  .whl/ is git-ignored; carry it.
@@ -59,10 +60,12 @@ PY
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_runtime_cuda.py tests/test_runtime_address_conv.py \
     2>&1 | tee "$log_dir/pytest.log"
   rc_tests=${PIPESTATUS[0]}
-  python3 -m onnxopt.runtime.bench_cuda --nets --runs 100 2>&1 | tee "$log_dir/bench_nets.log"
-  rc_nets=${PIPESTATUS[0]}
-  rc_bench=0 rc_tf32=0
-  if [ "${2:-}" != "quick" ]; then  # "run quick": tests and whole networks only
+  rc_nets=0 rc_bench=0 rc_tf32=0
+  if [ "${2:-}" != "tests" ]; then  # "run tests": the tests only
+    python3 -m onnxopt.runtime.bench_cuda --nets --runs 100 2>&1 | tee "$log_dir/bench_nets.log"
+    rc_nets=${PIPESTATUS[0]}
+  fi
+  if [ -z "${2:-}" ]; then  # "run quick": tests and whole networks only
     python3 -m onnxopt.runtime.bench_cuda --runs 100 2>&1 | tee "$log_dir/bench_fp32.log"
     rc_bench=${PIPESTATUS[0]}
     python3 -m onnxopt.runtime.bench_cuda --runs 100 --tf32 2>&1 | tee "$log_dir/bench_tf32.log"
@@ -72,7 +75,7 @@ PY
   exit $(( rc_tests || rc_nets || rc_bench || rc_tf32 ))
   ;;
 *)
-  echo "usage: bash runtime/gpu_validate.sh prepare|run" >&2
+  echo "usage: bash runtime/gpu_validate.sh prepare | run [quick|tests]" >&2
   exit 2
   ;;
 esac

@@ -34,7 +34,8 @@ def table_id(target: Target) -> str:
     env = environment()
     ident = [target.name, target.provider, target.threads, target.opt_level, env["onnxruntime"], env["cpu"]]
     if target.provider == "CUDAExecutionProvider":
-        ident += [gpu_models(), os.environ.get("ONNXOPT_CUDA_TF32", "0")]  # the GPU and our kernels' math mode
+        # the GPU and our kernels' math mode (gemm_cuda.cc turns TF32 on for "1" only)
+        ident += [gpu_models(), os.environ.get("ONNXOPT_CUDA_TF32") == "1"]
     return f"{target.name}-{hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:12]}"
 
 

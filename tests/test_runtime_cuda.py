@@ -136,6 +136,26 @@ def test_address_conv_cuda_epilogue_and_identity_table(epilogue, batch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("clip", [None, (0.0, np.inf)], ids=["plain", "relu"])
+def test_cuda_clamps_keep_nan_like_the_cpu_kernels(clip):
+    """A NaN input gives NaN outputs on both providers, clamped or not (fminf/fmaxf would not)."""
+    rng = np.random.default_rng(10)
+    x, weight, b, _ = address_case(rng, 2, 8, 8, 16, 6, 6, 1, True)
+    address = np.array([[k, k % 3 - 1, 0] for k in range(8)], np.int32)  # channel 3 read one row up
+    x[1, 3, 2, 4] = np.nan
+    model = address_conv_model(x.shape, weight, b, address, clip=clip)
+    gpu, cpu = run(model, {"X": x}, CUDA), run(model, {"X": x}, CPU)
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    assert np.isnan(gpu).sum() == 16 and rel_err(np.nan_to_num(gpu), np.nan_to_num(cpu)) < 1e-4
+    positions, fill = mask(rng, 6, 6, 0.5)
+    model = fallbacks.perforated_conv_model(x.shape, np.ones((4, 8, 3, 3), np.float32), None, positions, fill,
+                                            pads=(1, 1, 1, 1), clip=clip)
+    gpu, cpu = run(model, {"X": x}, CUDA), run(model, {"X": x}, CPU)
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    assert np.isnan(gpu).any() and rel_err(np.nan_to_num(gpu), np.nan_to_num(cpu)) < 1e-4
+
+
+@needs_gpu
 def test_address_conv_cuda_residual_of_the_wrong_shape_is_a_clear_error():
     rng = np.random.default_rng(8)
     x, weight, b, address = address_case(rng, 1, 8, 8, 16, 6, 6, 1, True)

@@ -75,7 +75,8 @@ class PerforatedPlanCache {
 // y [N, Cout, Ho, Wo] = PerforatedConv(x [N, Cin, H, W], weights [Cout, K] packed, bias [Cout] or
 // null) at the plan's mask (made for this shape's geometry and isa.nr), then clamped to
 // [clip_min, clip_max] (a fused Relu / Clip; the defaults clamp nothing and NaN stays NaN).  The
-// clamp is applied to each output row right after the fill wrote it (still in L1).
+// clamp is applied to each output row right after the fill wrote it (still in L1); a mask that
+// keeps every position in order has no fill, and the clamp is a pass over y's rows.
 void perforated_conv(const PerforatedConvShape& shape, const float* x, const PackedWeights& weights,
                      const float* bias, const PerforatedPlan& plan, float* y, const GemmIsa& isa,
                      const ParallelFor& parallel_for, float clip_min = -std::numeric_limits<float>::infinity(),

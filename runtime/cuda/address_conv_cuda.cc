@@ -58,7 +58,7 @@ void AddressConvCudaKernel::Compute(OrtKernelContext* context) {
   cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
   const int device = stream_device(stream);
   const std::size_t per_image = direct ? 0 : sizeof(float) * std::size_t(s.in_channels * plane);
-  const std::int64_t chunk = direct ? s.batch : batch_chunk(s.batch, per_image);
+  const std::int64_t chunk = batch_chunk(s.batch, per_image);  // all of it when direct, at most 65535 (grid z)
   Scratch scratch(stream, direct ? 0
                                  : Scratch::rounded(per_image * chunk) +
                                        Scratch::rounded(sizeof(std::int32_t) * s.in_channels * 3));

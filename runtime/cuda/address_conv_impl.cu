@@ -32,7 +32,7 @@ __global__ void epilogue_kernel(const float* __restrict__ bias, const float* __r
   float v = y[i];
   if (bias) v += bias[o];
   if (residual) v += residual[i];
-  y[i] = fminf(fmaxf(v, lo), hi);
+  y[i] = clamp_keeping_nan(v, lo, hi);
 }
 
 bool grid_fits(std::int64_t x_blocks, std::int64_t y, std::int64_t z) {

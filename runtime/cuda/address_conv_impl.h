@@ -8,6 +8,13 @@
 
 namespace onnxopt::cuda {
 
+// min(max(v, lo), hi) with a NaN kept (fminf / fmaxf would return the bound for a NaN, turning an
+// unclamped NaN into -inf): the CPU kernels' semantics, and those of onnxruntime's Relu / Clip.
+__host__ __device__ inline float clamp_keeping_nan(float v, float lo, float hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
+
 struct AddressGatherShape {
   std::int64_t batch = 0, src_channels = 0, height = 0, width = 0;  // X
   std::int64_t in_channels = 0;                                    // rows of address

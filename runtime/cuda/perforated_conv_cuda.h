@@ -1,9 +1,10 @@
 // PerforatedConv for onnxruntime's CUDA execution provider: im2row of the kept output positions
 // only into [N, Cin*kh*kw, P] scratch, one cuBLAS strided-batched SGEMM per group (or per image)
 // into [N, Cout, P] scratch, then the fill kernel writes every output position from its kept one,
-// adding the bias (perforated_conv_impl.cu).  Inputs and attributes as the CPU op: X, W [Cout,
-// Cin/group, kh, kw], optional B, positions int32 [P], fill int32 [Ho*Wo]; Conv's kernel_shape,
-// strides, pads, dilations, group (auto_pad NOTSET or VALID), checked as there (csrc/op_attrs.h).
+// adding the bias and clamping to [clip_min, clip_max] (perforated_conv_impl.cu).  Inputs and
+// attributes as the CPU op: X, W [Cout, Cin/group, kh, kw], optional B, positions int32 [P], fill
+// int32 [Ho*Wo]; Conv's kernel_shape, strides, pads, dilations, group (auto_pad NOTSET or VALID) and
+// the fused activation's clip_min / clip_max, checked as there (csrc/op_attrs.h).
 // positions and fill are taken in host memory (checked there, copied to the device once when they
 // are initializers).
 #pragma once

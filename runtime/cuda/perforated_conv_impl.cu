@@ -1,5 +1,7 @@
 #include "perforated_conv_impl.h"
 
+#include "address_conv_impl.h"  // clamp_keeping_nan
+
 namespace onnxopt::cuda {
 namespace {
 
@@ -34,15 +36,14 @@ __global__ void perforated_gather_kernel(const float* __restrict__ x, const int*
 // grid: x over output positions, y = output channel, z = image.
 __global__ void perforated_fill_kernel(const float* __restrict__ kept, const int* __restrict__ fill,
                                        const float* __restrict__ bias, float* __restrict__ y, int channels,
-                                       int kept_count, int plane, bool clamps, float lo, float hi) {
+                                       int kept_count, int plane, float lo, float hi) {
   const int q = blockIdx.x * blockDim.x + threadIdx.x;
   if (q >= plane) return;
   const int o = blockIdx.y, n = blockIdx.z;
   const long long row = static_cast<long long>(n) * channels + o;
   float v = kept[row * kept_count + fill[q]];
   if (bias) v += bias[o];
-  if (clamps) v = fminf(fmaxf(v, lo), hi);  // only when asked: fmaxf would turn a NaN into lo
-  y[row * plane + q] = v;
+  y[row * plane + q] = clamp_keeping_nan(v, lo, hi);
 }
 
 bool grid_fits(std::int64_t x_blocks, std::int64_t y, std::int64_t z) {
@@ -71,14 +72,13 @@ cudaError_t perforated_conv_gather(cudaStream_t stream, const PerforatedGatherSh
 cudaError_t perforated_conv_fill(cudaStream_t stream, const float* kept, const std::int32_t* fill, const float* bias,
                                  std::int64_t batch, std::int64_t channels, std::int64_t kept_count,
                                  std::int64_t plane, float lo, float hi, float* y) {
-  const bool clamps = lo > -INFINITY || hi < INFINITY;
   if (batch == 0) return cudaSuccess;
   const std::int64_t blocks = (plane + kThreads - 1) / kThreads;
   if (!grid_fits(blocks, channels, batch)) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(channels), static_cast<unsigned>(batch));
   perforated_fill_kernel<<<grid, kThreads, 0, stream>>>(kept, fill, bias, y, static_cast<int>(channels),
-                                                        static_cast<int>(kept_count), static_cast<int>(plane),
-                                                        clamps, lo, hi);
+                                                        static_cast<int>(kept_count), static_cast<int>(plane), lo,
+                                                        hi);
   return cudaGetLastError();
 }
 
