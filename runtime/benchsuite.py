@@ -20,13 +20,15 @@ import time
 
 from .latency import environment
 
-#: (name, module, what it checks, extra argv for --quick)
+#: (name, module, what it checks, argv, argv for --quick)
 SECTIONS = [
-    ("fold", "bench_fold", "node counts after fold vs onnxslim, max rel error", ["--quick"]),
-    ("strip", "bench_strip", "stripped zeroed nets vs the same nets built narrow, onnxsim beside", ["--quick"]),
-    ("address_conv", "bench_address_conv", "AddressConv vs onnxruntime's 1x1 Conv", ["--runs", "50"]),
-    ("shift", "bench_shift", "ShiftNet and ShuffleNetV2 before/after apply", ["--quick"]),
-    ("perforate", "bench_perforate", "PerforatedConv vs Conv at several rates; perforated VGG-16", ["--quick"]),
+    ("fold", "bench_fold", "node counts after fold vs onnxslim, max rel error", [], ["--quick"]),
+    ("strip", "bench_strip", "stripped zeroed nets vs the same nets built narrow, onnxsim beside", [], ["--quick"]),
+    ("address_conv", "bench_address_conv", "AddressConv vs onnxruntime's 1x1 Conv", [], ["--runs", "50"]),
+    ("shift", "bench_shift", "ShiftNet and ShuffleNetV2 before/after apply", [], ["--quick"]),
+    ("perforate", "bench_perforate", "PerforatedConv vs Conv at several rates; perforated VGG-16", [], ["--quick"]),
+    ("cuda", "bench_cuda", "whole nets before/after apply --target cuda, fp32 and TF32 (needs a GPU and the "
+     "CUDA build; says why not otherwise)", ["--nets"], ["--nets", "--runs", "20", "--batches", "1"]),
 ]
 
 
@@ -68,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.only.split(",")) if args.only else None
     chunks = [header()]
     print(chunks[0], flush=True)
-    for name, module, what, quick_argv in SECTIONS:
+    for name, module, what, full_argv, quick_argv in SECTIONS:
         if wanted and name not in wanted:
             continue
         t0 = time.perf_counter()
         title = f"\n== {name}: {what} =="
         print(title, flush=True)
-        text = run_section(module, quick_argv if args.quick else [])
+        text = run_section(module, quick_argv if args.quick else full_argv)
         text += f"({time.perf_counter() - t0:.0f} s)\n"
         print(text, end="", flush=True)
         chunks += [title, text]
