@@ -19,9 +19,12 @@ Channel handlers and groups
     * a depthwise conv (``group == Cin``, ``Cout = m * Cin``) ties output ``c*m + j`` to input c;
     * Flatten (axis 1), or a Reshape to [N, C*H*W], ties Gemm input rows ``c*HW .. c*HW+HW-1`` to
       channel c; Squeeze/Unsqueeze of spatial axes pass channels through;
-    * Conv (group 1) and Gemm *read* their input channels (sinks) and *start* new channels;
-    * anything else (other Reshapes, Transpose, MatMul, grouped convs, graph inputs and outputs) pins
-      every channel it touches: they keep their shapes.
+    * Conv and Gemm *read* their input channels (sinks) and *start* new channels; a grouped conv
+      (not depthwise) too, group g's filters reading only group g's inputs, and its input and its
+      output must keep equally many channels in every group: a group short of the fullest one keeps
+      its lowest removable channels as well (reported), and ``group`` stays;
+    * anything else (other Reshapes, Transpose, MatMul, graph inputs and outputs) pins every
+      channel it touches: they keep their shapes.
 
     A group (union-find class) goes as a whole, from every tensor in it, or not at all. It goes
     only if nothing pins it and every sink read of it is absorbable (below). So a channel of a
@@ -152,6 +155,9 @@ class _Analysis:
         self.needs: list[tuple[np.ndarray, str, str]] = []  # (elements, node name, reason)
         self.rewriters: list[Callable[[], None]] = []
         self.layers: dict[str, tuple[gs.Node, gs.Tensor]] = {}  # conv/gemm producers: name -> (node, out)
+        # (tensor, groups, node name): its channels split into `groups` equal slices that must keep
+        # equally many (a grouped conv's input or output)
+        self.balanced: list[tuple[gs.Tensor, int, str]] = []
 
     # --- universe ---------------------------------------------------------------------------
     def add(self, t: gs.Tensor) -> None:
@@ -238,14 +244,24 @@ class _Analysis:
         needed = np.zeros(n, dtype=bool)
         for e, _, _ in self.needs:
             needed[roots[e]] = True
-        # A tensor never loses all its channels (a zero-width tensor is not worth the risk).
+        # A tensor never loses all its channels (a zero-width tensor is not worth the risk), and the
+        # groups of a grouped conv keep equally many (at least one): a group short of the fullest
+        # one keeps its lowest removable channels too.  Only ever more is kept, so this ends.
+        rebalanced: set[str] = set()
         while True:
             keep = {tid: needed[roots[self.elems(t)]] for tid, t in self.tensors.items()}
-            empty = [tid for tid, k in keep.items() if not k.any()]
-            if not empty:
+            more = [self.base[tid] for tid, k in keep.items() if not k.any()]
+            for t, groups, node in self.balanced:
+                per_group = keep[id(t)].reshape(groups, -1)
+                target = max(int(per_group.sum(axis=1).max()), 1)
+                for g, kg in enumerate(per_group):
+                    short = target - int(kg.sum())
+                    if short > 0:
+                        more += list(self.base[id(t)] + g * kg.size + np.flatnonzero(~kg)[:short])
+                        rebalanced.add(node)
+            if not more:
                 break
-            for tid in empty:
-                needed[roots[self.base[tid]]] = True
+            needed[roots[np.asarray(more)]] = True
         # Report why candidate channels (ones that carry a known constant) were kept.
         candidate = np.zeros(n, dtype=bool)
         for tid, c in self.const.items():
@@ -253,6 +269,8 @@ class _Analysis:
             if known.any():
                 candidate[roots[self.elems(self.tensors[tid])[known]]] = True
         declined, seen = [], set()
+        for node in sorted(rebalanced):
+            declined.append((node, "grouped Conv: every group keeps as many channels as its fullest one"))
         for e, node, reason in self.needs:
             if reason == "channel is live":
                 continue
@@ -610,16 +628,23 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
     name = node.name or "Conv"
     an.layers[name] = (node, y)
     cin = an.C(x) if an.has(x) else None
-    if group == 1:
-        if cin is None or w.shape[1] != cin:
+    depthwise = group > 1 and cin is not None and group == cin and w.shape[1] == 1 and cout % cin == 0
+    if not depthwise and cout % group == 0:
+        # A plain or grouped conv reads its input channels and starts new ones; group g's outputs
+        # read only group g's inputs (W's column j of those rows is input g * cin_g + j).
+        cin_g, cout_g = w.shape[1], cout // group
+        if cin is None or cin_g * group != cin:
             an.need(y, name, "Conv input of unknown width")
             an.set_const(y, np.where(dead_out, bias, _NAN))
             return
-        wz = _dead_rows(np.swapaxes(w, 0, 1).reshape(cin, -1), an.threshold, wmax)
+        wz = np.concatenate([_dead_rows(np.swapaxes(w[g * cout_g:(g + 1) * cout_g], 0, 1).reshape(cin_g, -1),
+                                        an.threshold, wmax) for g in range(group)])
         unpadded = _pads_zero(node)
-        masks = None if unpadded or not an.bias_map else _tap_masks(node, x, y, w)
+        masks = None if unpadded or not an.bias_map or group > 1 else _tap_masks(node, x, y, w)
         absorb = an.read(node, x, wz, unpadded or masks is not None)
         an.set_const(y, np.where(dead_out, bias, _NAN))
+        if group > 1:
+            an.balanced += [(x, group, name), (y, group, name)]
 
         def rewrite():
             kx, ky = an.keep[id(x)], an.keep[id(y)]
@@ -632,10 +657,15 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
                 a = np.einsum("ockl,c->okl", w[:, gone].astype(np.float64), absorb[gone])
                 _add_after(an.graph, node, y, np.einsum("okl,kh,lw->ohw", a, *masks)[ky][None].astype(w.dtype))
             elif gone.any():
-                taps = w.astype(np.float64).reshape(cout, cin, -1).sum(axis=-1)
-                delta = taps[:, gone] @ absorb[gone]
+                taps = w.astype(np.float64).reshape(cout, cin_g, -1).sum(axis=-1)
+                for g in range(group):
+                    rows, cols = slice(g * cout_g, (g + 1) * cout_g), slice(g * cin_g, (g + 1) * cin_g)
+                    delta[rows] = taps[rows][:, gone[cols]] @ absorb[cols][gone[cols]]
             nb = bias + delta
-            node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_strip_{name}", np.ascontiguousarray(w[ky][:, kx]))
+            # the balance in decide() leaves every group as many inputs and outputs as the others
+            neww = np.concatenate([w[g * cout_g:(g + 1) * cout_g][ky[g * cout_g:(g + 1) * cout_g]]
+                                   [:, kx[g * cin_g:(g + 1) * cin_g]] for g in range(group)])
+            node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_strip_{name}", np.ascontiguousarray(neww))
             if b_t is not None or np.any(nb[ky] != 0):
                 dtype = b.dtype if b is not None else w.dtype
                 newb = gs.Constant(f"{b_t.name if b_t is not None else name + '_bias'}_strip_{name}",
@@ -646,7 +676,7 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
                     node.inputs.append(newb)
         an.rewriters.append(rewrite)
         return
-    if cin is not None and group == cin and w.shape[1] == 1 and cout % cin == 0:
+    if depthwise:
         m = cout // cin
         for j in range(m):
             for ch in range(cin):
@@ -666,7 +696,7 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
             node.attrs["group"] = int(kx_.sum())
         an.rewriters.append(rewrite_dw)
         return
-    an.pin(node, "grouped Conv (not depthwise) is left alone")
+    an.pin(node, "grouped Conv whose output channels do not split into its groups")
 
 
 def _tap_masks(node: gs.Node, x: gs.Tensor, y: gs.Tensor, w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -340,12 +340,52 @@ def test_depthwise_shrinks_group():
     assert next(a.i for n in out.graph.node if n.name == "d_node" for a in n.attribute if a.name == "group") == 6
 
 
-def test_grouped_conv_is_left_alone():
+def group_attr(model, name):
+    return next(a.i for n in model.graph.node if n.name == name for a in n.attribute if a.name == "group")
+
+
+def test_grouped_conv_loses_its_inputs_evenly_from_every_group():
+    """Dead inputs of a grouped conv (ResNeXt-style) go where each group loses as many: group g's
+    filters then drop their columns for them; the group count stays."""
     g = G(x=[1, 3, 8, 8])
-    g.conv("e", "x", W(8, 3, dead_out=[1, 4]), np.zeros(8))
-    g.conv("d", "e", W(8, 4, 3), pads=[1] * 4, group=2)
-    out, res = strip(g.model("d"))
-    assert widths(out)["e_node"] == 8
+    g.conv("e", "x", W(12, 3, dead_out=[1, 4, 8, 10]), np.zeros(12))  # 2 per group of 6... 1, 4 | 8, 10
+    g.node("Relu", ["e"], "r")
+    g.conv("d", "r", W(8, 6, 3), RNG.standard_normal(8), pads=[1] * 4, group=2)
+    g.conv("y", "d", W(4, 8), np.zeros(4))
+    out, res = strip(g.model("y"))
+    assert widths(out)["e_node"] == 8 and group_attr(out, "d_node") == 2
+    w_d = next(numpy_helper.to_array(t) for t in out.graph.initializer if t.name.startswith("d_w"))
+    assert w_d.shape == (8, 4, 3, 3)
+
+
+def test_grouped_conv_groups_keep_as_many_as_the_fullest():
+    """Uneven dead inputs (3 in group 0, 1 in group 1, 0 in group 2): nothing can go from group 2,
+    so every group keeps all; with 2 and 1 dead, group 0 keeps one of its dead channels."""
+    for dead, kept in (([0, 1, 2, 5], 12), ([0, 1, 5, 8, 9, 10, 11], 9)):
+        g = G(x=[1, 3, 8, 8])
+        g.conv("e", "x", W(12, 3, dead_out=dead), np.zeros(12))
+        g.node("Relu", ["e"], "r")
+        g.conv("d", "r", W(6, 4, 1), np.zeros(6), group=3)
+        g.node("Relu", ["d"], "y")
+        out, res = strip(g.model("y"))
+        assert widths(out)["e_node"] == kept and group_attr(out, "d_node") == 3
+        if kept == 12:
+            assert ("d_node", "grouped Conv: every group keeps as many channels as its fullest one") in res.declined
+
+
+def test_grouped_conv_dead_filters_and_constants_through_an_unpadded_grouped_conv():
+    """A grouped conv's own dead filters (bias 0.3 through Relu: a constant) go evenly, the next conv
+    absorbs their constant; dead inputs with nonzero constants are absorbed by the unpadded grouped
+    conv's bias, per group."""
+    g = G(x=[1, 3, 8, 8])
+    b_e = np.where(np.isin(np.arange(8), [2, 6]), 0.7, 0.0)
+    g.conv("e", "x", W(8, 3, dead_out=[2, 6]), b_e)
+    g.node("Relu", ["e"], "r")
+    g.conv("d", "r", W(8, 4, 1, dead_out=[0, 5]), np.full(8, 0.3), group=2)
+    g.node("Relu", ["d"], "rd")
+    g.conv("y", "rd", W(4, 8), np.zeros(4))
+    out, res = strip(g.model("y"))
+    assert widths(out)["e_node"] == 6 and widths(out)["d_node"] == 6 and group_attr(out, "d_node") == 2
 
 
 def test_batchnorm_passes_channels_through():
