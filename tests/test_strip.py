@@ -606,6 +606,27 @@ def test_torch_inverted_residual_depthwise():
     assert list(widths(out).values()) == [8, 16, 16, 8]
 
 
+def test_torch_resnext_bottleneck_grouped_conv():
+    """A ResNeXt bottleneck (1x1 -> grouped 3x3, 8 groups -> 1x1 + identity) slimmed evenly across
+    the groups: the grouped conv loses inputs in every group, and its own zeroed filters too."""
+    class Bottleneck(nn.Module):
+        def __init__(self, c, width, groups):
+            super().__init__()
+            self.a, self.b = cbr(c, width, k=1), cbr(width, width, groups=groups)
+            self.c = nn.Sequential(*cbr(width, c, k=1)[:2])
+
+        def forward(self, x):
+            return torch.relu(x + self.c(self.b(self.a(x))))
+
+    net = randomize_bn(nn.Sequential(cbr(3, 16), Bottleneck(16, 32, 8)))
+    zero(net[1].a, list(range(0, 32, 4)))  # one input of each group of 4
+    zero(net[1].b, list(range(1, 32, 4)))  # one filter of each group
+    out, res = strip(export(net, (1, 3, 8, 8)))
+    assert list(widths(out).values()) == [16, 24, 24, 16]
+    grouped = next(n for n in out.graph.node if n.op_type == "Conv" and group_attr(out, n.name) > 1)
+    assert group_attr(out, grouped.name) == 8
+
+
 def test_torch_flatten_linear():
     net = randomize_bn(nn.Sequential(cbr(3, 8, stride=2), nn.Flatten(), nn.Linear(8 * 16, 10), nn.ReLU(),
                                      nn.Linear(10, 4)))
