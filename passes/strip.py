@@ -628,6 +628,9 @@ def _h_conv(an: _Analysis, node: gs.Node) -> None:
     name = node.name or "Conv"
     an.layers[name] = (node, y)
     cin = an.C(x) if an.has(x) else None
+    if group < 1:
+        an.pin(node, f"Conv with group = {group}")
+        return
     depthwise = group > 1 and cin is not None and group == cin and w.shape[1] == 1 and cout % cin == 0
     if not depthwise and cout % group == 0:
         # A plain or grouped conv reads its input channels and starts new ones; group g's outputs
