@@ -62,7 +62,7 @@ def apply(model: ir.ModelLike, passes: Sequence[str | Pass] | None = None, outpu
         from onnxopt.runtime.targets import Target, load_target
 
         # the passes read a Target (provider, threads), never a name or a path
-        target = target if isinstance(target, Target) else load_target(target)
+        target = target if isinstance(target, Target) else load_target(target, require_provider=False)
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     feeds = load_inputs(inputs, original) if isinstance(inputs, (str, os.PathLike)) else inputs
 

@@ -556,11 +556,19 @@ class _Perforator:
         self.lut = None
         if not self.opt.get("measure_time", True) and "budget_latency_ms" not in self.budgets:
             return
+        from onnxopt.errors import OnnxoptError
         from onnxopt.runtime.lut import LatencyTable
-        from onnxopt.runtime.targets import Target, load_target
+        from onnxopt.runtime.targets import Target, check_provider, load_target
 
         target = self.ctx.target
         self.target = target if isinstance(target, Target) else load_target(target or "mobile-cpu")
+        try:
+            check_provider(self.target)
+        except OnnxoptError as e:  # a GPU target on a machine without one: explicit rates need no times
+            if self.budgets:
+                raise Refusal(f"automatic selection needs layer times on the target: {e}") from None
+            self.result.details["time_source"] = f"none: {e}"
+            return
         self.lut = LatencyTable(self.target, path=self.opt.get("lut_path"), runs=int(self.opt.get("lut_runs", 20)))
 
     def greedy(self) -> tuple[dict[str, float], list[dict]]:

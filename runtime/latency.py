@@ -84,6 +84,9 @@ def make_session(model: onnx.ModelProto | bytes | str, target: Target, **extra):
     from onnxopt.errors import OnnxoptError
 
     from . import session
+    from .targets import check_provider
+
+    check_provider(target)  # never a CPU time under a GPU target's name
 
     providers = [target.provider] + (["CPUExecutionProvider"] if target.provider != "CPUExecutionProvider" else [])
     try:

@@ -6,7 +6,7 @@ Built in:
 mobile-cpu     CPU EP, 1 thread pinned to one core, spinning off, all graph optimisations
 mobile-cpu-4   CPU EP, 4 threads pinned to 4 cores (fewer where the machine has fewer), spinning off
 cpu            CPU EP, all cores, onnxruntime's default spinning
-cuda           CUDA EP (refused with a clear message where onnxruntime has no CUDA provider)
+cuda           CUDA EP (measuring refused with a clear message where onnxruntime has no CUDA provider)
 =============  ===============================================================================
 
 A phone's big cores do not outnumber four, so ``mobile-cpu`` and ``mobile-cpu-4`` bracket a
@@ -74,8 +74,11 @@ BUILTIN = {
 }
 
 
-def load_target(name_or_path: str | os.PathLike) -> Target:
-    """A built-in target by name, or a user profile from a .toml/.json file."""
+def load_target(name_or_path: str | os.PathLike, require_provider: bool = True) -> Target:
+    """A built-in target by name, or a user profile from a .toml/.json file. With
+    ``require_provider`` (the default) a target whose execution provider this onnxruntime lacks is
+    an error here; without it, only where latency is measured (:func:`check_provider`): ``apply
+    --target cuda`` can shape a model for a GPU on a machine without one."""
     key = str(name_or_path)
     if key in BUILTIN:
         target = BUILTIN[key]
@@ -85,14 +88,22 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
             raise OnnxoptError(f"unknown target {key!r}; built in: {', '.join(BUILTIN)}, or a .toml/.json profile")
         target = _from_file(path)
     target = _clip_threads(target)
-    if target.provider != "CPUExecutionProvider":
-        import onnxruntime as ort
-
-        if target.provider not in ort.get_available_providers():
-            raise OnnxoptError(f"target {target.name!r} needs {target.provider}, which this onnxruntime "
-                               f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}) lacks;"
-                               " install onnxruntime-gpu on a machine with a GPU")
+    if require_provider:
+        check_provider(target)
     return target
+
+
+def check_provider(target: Target) -> None:
+    """Raise unless this onnxruntime has the target's execution provider (onnxruntime itself would
+    fall back to the CPU with a warning, and the times would be the CPU's)."""
+    if target.provider == "CPUExecutionProvider":
+        return
+    import onnxruntime as ort
+
+    if target.provider not in ort.get_available_providers():
+        raise OnnxoptError(f"target {target.name!r} needs {target.provider}, which this onnxruntime "
+                           f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}) lacks;"
+                           " install onnxruntime-gpu on a machine with a GPU")
 
 
 def _from_file(path: Path) -> Target:

@@ -143,3 +143,28 @@ def test_bench_and_profile_fail_cleanly_on_unrunnable_shapes(capsys, tmp_path):
         assert code == 2 and "--input-shape" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "bench", p, "--runs", 2, "--input-shape", "x:1x3x8x8")
     assert code == 0, err
+
+
+def test_apply_for_a_target_this_machine_cannot_run(capsys, tmp_path):
+    """apply --target cuda on a machine without onnxruntime's CUDA provider: the model is shaped
+    for the GPU (no CPU-only blocked layout), verified on the CPU and written; only the latency
+    line says why it is missing. bench --target cuda stays an error."""
+    import onnxruntime as ort
+    import torch
+
+    from onnxopt.models import export_onnx, shiftnet
+    from onnxopt.runtime import library_path, ops
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    src, out = tmp_path / "shift.onnx", tmp_path / "shift.cuda.onnx"
+    export_onnx(shiftnet(width=8, blocks=(1, 1, 1)), torch.randn(1, 3, 16, 16), src)
+    code, text, err = run(capsys, "apply", src, "-o", out, "--target", "cuda")
+    assert code == 0, err
+    assert "latency: not measured (target 'cuda' needs CUDAExecutionProvider" in text and "OK" in text
+    op_types = {n.op_type for n in onnx.load(out).graph.node}
+    assert ops.BLOCKED_ADDRESS_CONV_PAIR not in op_types and ops.BLOCKED_ADDRESS_CONV not in op_types
+    if library_path() is not None:
+        assert ops.ADDRESS_CONV in op_types
+    code, _, err = run(capsys, "bench", src, "--target", "cuda")
+    assert code == 2 and "CUDAExecutionProvider" in err

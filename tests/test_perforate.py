@@ -475,6 +475,22 @@ def test_refusals(tmp_path, opts, message):
     assert message in report.passes[0].skipped
 
 
+def test_target_that_cannot_run_here(tmp_path, calib):
+    """A cuda target on a machine without the provider: explicit rates still perforate (no layer
+    times: the kernel where the library is installed), automatic selection refuses and says why."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    out, report = perforate(tiny_net(), {"rates": {"conv1": 0.5}, "strategy": "grid"}, tmp_path, calibration=calib,
+                            target="cuda")
+    res = report.passes[0]
+    assert res.changed and res.details["time_source"].startswith("none: target 'cuda' needs CUDAExecutionProvider")
+    assert "error" in report.latency
+    _, report = perforate(tiny_net(), {"budget_deviation": 0.1}, tmp_path, calibration=calib, target="cuda")
+    assert report.passes[0].skipped.startswith("automatic selection needs layer times on the target")
+
+
 def test_not_in_the_default_pipeline():
     from onnxopt.passmanager import available, default_pipeline
 

@@ -32,13 +32,24 @@ def test_builtin_and_file_targets(tmp_path):
         load_target("phone-9000")
 
 
-def test_cuda_target_refused_without_provider():
+def test_cuda_target_refused_without_provider(tiny_model):
+    """Measuring needs the provider (onnxruntime would fall back to the CPU and the times would be
+    the CPU's); optimising for the target does not."""
     import onnxruntime as ort
+
+    from onnxopt.runtime.latency import bench
+    from onnxopt.runtime.targets import check_provider
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(OnnxoptError, match="CUDAExecutionProvider"):
         load_target("cuda")
+    cuda = load_target("cuda", require_provider=False)
+    assert cuda.provider == "CUDAExecutionProvider"
+    with pytest.raises(OnnxoptError, match="CUDAExecutionProvider"):
+        check_provider(cuda)
+    with pytest.raises(OnnxoptError, match="CUDAExecutionProvider"):
+        bench(tiny_model, cuda, runs=1, warmup=0)
 
 
 def test_bench_pair_interleaves_and_alternates(monkeypatch, tiny_model):
