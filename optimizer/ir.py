@@ -436,6 +436,13 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def const_through_identity(t: gs.Tensor) -> np.ndarray | None:
+    """A constant's value, seen through Identity nodes (torchscript shares equal values that way)."""
+    while (p := producer(t)) is not None and p.op == "Identity" and (p.domain or "") in ("", "ai.onnx"):
+        t = p.inputs[0]
+    return const_value(t)
+
+
 def clip_bounds(node: gs.Node, ordered: bool = True) -> tuple[float, float] | None:
     """(min, max) of a Clip whose bounds are constant scalars (opset >= 11 inputs, seen through
     Identity nodes, or the older attributes; a missing bound is infinite), else None. With
@@ -443,10 +450,7 @@ def clip_bounds(node: gs.Node, ordered: bool = True) -> tuple[float, float] | No
     lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
     for i in (1, 2):
         if len(node.inputs) > i and node.inputs[i] is not None and node.inputs[i].name:
-            t = node.inputs[i]
-            while (p := producer(t)) is not None and p.op == "Identity" and (p.domain or "") in ("", "ai.onnx"):
-                t = p.inputs[0]
-            v = const_value(t)
+            v = const_through_identity(node.inputs[i])
             if v is None or v.size != 1:
                 return None
             lo, hi = (float(v.reshape(())), hi) if i == 1 else (lo, float(v.reshape(())))
@@ -463,6 +467,17 @@ def activation_bounds(node: gs.Node) -> tuple[float, float] | None:
     if node.op == "Relu":
         return 0.0, float("inf")
     return clip_bounds(node) if node.op == "Clip" else None
+
+
+def fuse_activation(node: gs.Node, user: gs.Node) -> bool:
+    """Fold ``user``, the one consumer of ``node``'s output, into ``node``'s ``clip_min``/``clip_max``
+    attributes when it is a Relu or a Clip with constant bounds (:func:`activation_bounds`)."""
+    bounds = activation_bounds(user)
+    if bounds is None:
+        return False
+    node.attrs["clip_min"], node.attrs["clip_max"] = bounds
+    absorb_consumer(node, user)
+    return True
 
 
 def absorb_consumer(node: gs.Node, user: gs.Node) -> None:

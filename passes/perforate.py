@@ -706,10 +706,4 @@ def _fuse_activation(graph: gs.Graph, node: gs.Node) -> str | None:
     clip_min / clip_max (exact: the clamp commutes with the fill, which only copies values; onnxruntime
     would have fused it into the dense Conv). Returns the absorbed op type, or None."""
     user = ir.only_consumer(graph, node.outputs[0])
-    bounds = ir.activation_bounds(user) if user is not None else None
-    if bounds is None:
-        return None
-    node.attrs["clip_min"], node.attrs["clip_max"] = bounds
-    op = user.op
-    ir.absorb_consumer(node, user)
-    return op
+    return user.op if user is not None and ir.fuse_activation(node, user) else None

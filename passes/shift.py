@@ -166,18 +166,9 @@ def _is_conv(node: gs.Node | None) -> bool:
     return node is not None and node.op == "Conv" and (node.domain or "") in ("", "ai.onnx")
 
 
-def _const(t: gs.Tensor) -> np.ndarray | None:
-    """A constant's value, seen through Identity nodes (torchscript shares equal weights that way)."""
-    node = ir.producer(t)
-    while node is not None and node.op == "Identity" and (node.domain or "") in ("", "ai.onnx"):
-        t = node.inputs[0]
-        node = ir.producer(t)
-    return ir.const_value(t)
-
-
 def _weights(node: gs.Node) -> tuple[np.ndarray | None, np.ndarray | None]:
-    w = _const(node.inputs[1]) if len(node.inputs) > 1 else None
-    b = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    w = ir.const_through_identity(node.inputs[1]) if len(node.inputs) > 1 else None
+    b = ir.const_through_identity(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
     return w, b
 
 
@@ -695,21 +686,19 @@ class ShiftPass:
             user = ir.only_consumer(self.graph, out)
             if user is None or (user.domain or "") not in ("", "ai.onnx"):
                 return
-            if user.op == "Add" and len(node.inputs) == 4 and "clip_min" not in node.attrs:
+            if "clip_min" in node.attrs:  # nothing is absorbed after the activation
+                return
+            if user.op == "Add" and len(node.inputs) == 4:
                 others = [t for t in user.inputs if t is not out]
                 if len(user.inputs) != 2 or len(others) != 1 or not _same_static_shape(others[0], out):
                     return
                 node.inputs.append(others[0])
                 self.counts["residuals_fused"] += 1
-            elif user.op in ("Relu", "Clip") and "clip_min" not in node.attrs:
-                bounds = ir.activation_bounds(user)
-                if bounds is None:
-                    return
-                node.attrs["clip_min"], node.attrs["clip_max"] = float(bounds[0]), float(bounds[1])
+                ir.absorb_consumer(node, user)
+            elif ir.fuse_activation(node, user):
                 self.counts["activations_fused"] += 1
             else:
                 return
-            ir.absorb_consumer(node, user)
 
     def _report_standalone_shifts(self) -> None:
         """Say why each one-hot depthwise conv that is still in the graph was not folded."""

@@ -168,35 +168,31 @@ def set_tf32(on: bool) -> None:
 
 
 def provider_counts(model: onnx.ModelProto, x: np.ndarray, runs: int = 20) -> str:
-    """Where the nodes ran (onnxruntime's profile of ``runs`` CUDA runs after one warm-up) and the
-    mean time per run of each op type: on the CUDA provider a node's time is its host-side launch
-    time (kernels run asynchronously), the cost that dominates small batches."""
+    """Where the nodes ran (onnxruntime's profile of ``runs`` CUDA runs after one warm-up) and each op
+    type's median time per run: on the CUDA provider a node's time is its host-side launch time
+    (kernels run asynchronously), the cost that dominates small batches."""
     import collections
     import json
+
+    from .profiling import parse_events
 
     with tempfile.TemporaryDirectory() as tmp:
         sess = cuda_session(model, tf32=False, profile_prefix=f"{tmp}/prof")
         feeds = {sess.get_inputs()[0].name: x}
-        sess.run(None, feeds)
-        for _ in range(runs):
+        for _ in range(runs + 1):
             sess.run(None, feeds)
         with open(sess.end_profiling()) as f:
-            events = [e for e in json.load(f) if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
-    per_run = len(events) // (runs + 1)
-    nodes = collections.Counter((e["args"].get("provider", "?").replace("ExecutionProvider", ""),
-                                 e["args"].get("op_name", "?")) for e in events[:per_run])
+            profile = parse_events(json.load(f), skip_runs=1)
+    where = collections.Counter((n.provider.replace("ExecutionProvider", ""), n.op) for n in profile.nodes)
     by_provider = collections.Counter()
-    for (provider, _), count in nodes.items():
+    for (provider, _), count in where.items():
         by_provider[provider] += count
-    us = collections.defaultdict(float)
-    for e in events[per_run:]:
-        us[e["args"].get("op_name", "?")] += e["dur"] / runs
-    custom = sorted(f"{op} x{count} on {provider}" for (provider, op), count in nodes.items() if op in ops.NATIVE_OPS)
-    copies = sum(count for (_, op), count in nodes.items() if op.startswith("Memcpy"))
-    ops_us = ", ".join(f"{op} {t:.0f}" for op, t in sorted(us.items(), key=lambda kv: -kv[1]))
+    custom = sorted(f"{op} x{count} on {provider}" for (provider, op), count in where.items() if op in ops.NATIVE_OPS)
+    copies = sum(count for (_, op), count in where.items() if op.startswith("Memcpy"))
+    ops_us = ", ".join(f"{op} {t:.0f}" for op, t in profile.by_op().items())
     return (", ".join(f"{k} {v}" for k, v in sorted(by_provider.items())) + " nodes"
             + (f"; {', '.join(custom)}" if custom else "") + f"; {copies} memcpy nodes\n"
-            + f"      node time per run {sum(us.values()):.0f} us: {ops_us}")
+            + f"      node time per run {profile.total_us:.0f} us (medians): {ops_us}")
 
 
 def cpu_output(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from onnxopt.ir import fit_ir_version
 from onnxopt.runtime import cuda_enabled, library_path, ops, ops_info, session_options
 from onnxopt.runtime import functions as fallbacks
 from onnxopt.runtime.functions import address_conv_model
+from onnxopt.runtime.profiling import parse_events
 from onnxopt.runtime.reference import address_conv_ref
 
 LIB = library_path()
@@ -55,9 +56,8 @@ def providers_of(model, feeds, op_type, tmp_path):
     sess = make_session(model, CUDA, profile_prefix=str(tmp_path / "prof"))
     sess.run(None, feeds)
     with open(sess.end_profiling()) as f:
-        events = json.load(f)
-    return {e["args"].get("provider") for e in events
-            if e.get("cat") == "Node" and e.get("args", {}).get("op_name") == op_type}
+        profile = parse_events(json.load(f))
+    return {n.provider for n in profile.nodes if n.op == op_type}
 
 
 def test_ops_info_reports_cuda():

@@ -75,6 +75,12 @@ const float* PackedWeights::channel_panel(std::int64_t g, std::int64_t m) const 
   return c.data.data() + ((g * c.per_group + m / c.nw) * k_) * c.nw;
 }
 
+bool identity_table(const std::int32_t* address, std::int64_t rows) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    if (address[3 * r] != r || address[3 * r + 1] != 0 || address[3 * r + 2] != 0) return false;
+  return true;
+}
+
 std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels) {
   for (std::int64_t k = 0; k < rows; ++k) {
     const std::int64_t src = address[3 * k];
@@ -103,11 +109,9 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   const bool channel_tail = channel && !by_channels && positions % isa.nr != 0 && positions % isa.nr <= 8 &&
                             channel->rows >= 8;
   if (by_channels || channel_tail) weights.ensure_channel_panels(*channel);
-  // An identity table with stride 1 (a plain 1x1 conv, e.g. one next to shifted ones so that the
-  // whole chain stays in NCHW): the GEMM reads X's planes as they are, nothing is packed.
-  bool direct = isa.direct_b && s.stride_h == 1 && s.stride_w == 1;
-  for (std::int64_t r = 0; direct && r < s.in_channels; ++r)
-    direct = address[3 * r] == r && address[3 * r + 1] == 0 && address[3 * r + 2] == 0;
+  // An identity table with stride 1: the GEMM reads X's planes as they are, nothing is packed.
+  const bool direct =
+      isa.direct_b && s.stride_h == 1 && s.stride_w == 1 && identity_table(address, s.in_channels);
   const std::int64_t nr = by_channels ? round_up(positions, 16) : isa.nr;
   const std::int64_t mstep = by_channels ? channel->nw : isa.mr;
 

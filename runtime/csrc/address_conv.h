@@ -7,7 +7,6 @@
 // the custom-op wrapper (address_conv_op.cc) or by anything else.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <functional>
@@ -74,6 +73,11 @@ using ParallelFor = std::function<void(std::size_t total, const std::function<vo
 // (reads outside the image are zero).
 std::string validate_addresses(const std::int32_t* address, std::int64_t rows, std::int64_t src_channels);
 
+// Whether row r of the [rows, 3] table reads channel r undisplaced, for every r: at stride 1 the
+// conv is a plain 1x1 one and X's planes are the GEMM operand as they are (e.g. a plain conv next
+// to shifted ones, kept as AddressConv so that the whole chain stays one op type).
+bool identity_table(const std::int32_t* address, std::int64_t rows);
+
 // What is fused after the conv: y = min(max(conv + bias + residual, clip_min), clip_max), applied
 // to each tile in registers before its store (no second pass over y).  residual [N, Cout, Ho, Wo]
 // or null; clip_min = -inf and clip_max = +inf clamp nothing (Relu: clip_min = 0).
@@ -81,7 +85,7 @@ struct AddressConvEpilogue {
   const float* residual = nullptr;
   float clip_min = -std::numeric_limits<float>::infinity();
   float clip_max = std::numeric_limits<float>::infinity();
-  bool empty() const { return !residual && std::isinf(clip_min) && clip_min < 0 && std::isinf(clip_max) && clip_max > 0; }
+  bool empty() const { return !residual && !clamps(clip_min, clip_max); }
 };
 
 // y [N, Cout, Ho, Wo] = AddressConv(x [N, Csrc, H, W], weights, bias [Cout] or null,

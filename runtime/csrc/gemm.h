@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 namespace onnxopt {
 
@@ -22,6 +23,11 @@ using TileFn = void (*)(int K, const float* a, int mr, const float* b, int nc, c
 //   c = min(max(sum + residual, lo), hi)
 // sum = bias + the products as above; residual (may be null) has c's layout, row stride ldr, and
 // points at the tile's first output; a NaN sum stays NaN; lo = -inf, hi = +inf clamp nothing.
+// Whether [lo, hi] clamps anything (a bound at infinity changes no number and no NaN).
+inline bool clamps(float lo, float hi) {
+  return lo > -std::numeric_limits<float>::infinity() || hi < std::numeric_limits<float>::infinity();
+}
+
 struct Epilogue {
   const float* residual;
   std::ptrdiff_t ldr;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "perforated_conv_kernels.h"
@@ -540,9 +539,8 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
   });
   // Fill: every output position takes its kept neighbour's value; then the clamp, if any, over the
   // row just written (with no fill, over y's rows as the tiles left them).
-  const bool clamps = clip_min > -std::numeric_limits<float>::infinity() ||
-                      clip_max < std::numeric_limits<float>::infinity();
-  if (identity && !clamps) return;
+  const bool clamped = clamps(clip_min, clip_max);
+  if (identity && !clamped) return;
   const std::int64_t rows = s.batch * s.out_channels;
   const float* src_all = dst;
   parallel_for(static_cast<std::size_t>(ceil_div(rows, kFillRows)), [&](std::size_t item) {
@@ -551,7 +549,7 @@ void perforated_conv(const PerforatedConvShape& s, const float* x, const PackedW
     for (std::int64_t r = r0; r < r1; ++r) {
       float* o = y + r * plane_out;
       if (!identity) kernels.fill(src_all + r * count, fill, plan.fill_vectors.data(), plane_out, o);
-      if (clamps) clamp_row(o, plane_out, clip_min, clip_max);
+      if (clamped) clamp_row(o, plane_out, clip_min, clip_max);
     }
   });
 }

@@ -49,11 +49,8 @@ void AddressConvCudaKernel::Compute(OrtKernelContext* context) {
   float* out = y.GetTensorMutableData<float>();
   if (s.batch == 0 || plane == 0 || s.out_channels == 0) return;
 
-  // An identity table at stride 1 (a plain 1x1 conv kept as AddressConv so that a chain stays one
-  // op type): the GEMM reads X's first Cin planes as they are, nothing is gathered.
-  bool direct = s.stride_h == 1 && s.stride_w == 1;
-  for (std::int64_t r = 0; direct && r < s.in_channels; ++r)
-    direct = a[3 * r] == r && a[3 * r + 1] == 0 && a[3 * r + 2] == 0;
+  // An identity table at stride 1: the GEMM reads X's first Cin planes as they are, nothing is gathered.
+  const bool direct = s.stride_h == 1 && s.stride_w == 1 && identity_table(a, s.in_channels);
 
   cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
   const int device = stream_device(stream);

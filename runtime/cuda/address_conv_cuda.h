@@ -1,9 +1,10 @@
 // AddressConv for onnxruntime's CUDA execution provider: gather the displaced, strided input
 // channels into [N, Cin, Ho*Wo] scratch (address_conv_impl.cu; skipped for an identity table at
 // stride 1), then one cuBLAS strided-batched SGEMM per group (or per image) writing Y, then one
-// epilogue kernel: + bias + residual, the clamp of a fused Relu / Clip.  Same inputs, attributes and checks as the CPU op
-// (csrc/address_conv_op.h; the checks of both are in csrc/op_attrs.h); `address` is taken in host
-// memory (validated there, copied to the device once when it is an initializer).
+// epilogue kernel: + bias + residual, the clamp of a fused Relu / Clip.  Same inputs, attributes
+// and checks as the CPU op (csrc/address_conv_op.h; the checks of both are in csrc/op_attrs.h);
+// `address` is taken in host memory (validated there, copied to the device once when it is an
+// initializer).
 #pragma once
 
 #include <cstdint>
