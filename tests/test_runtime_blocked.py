@@ -3,6 +3,11 @@ numpy reference and the ONNX-function fallbacks, and the layout's invariants (ze
 padding channels) on the raw blocked tensors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -71,11 +76,15 @@ def case(rng, n, csrc, cin, cout, h, w, bias=True):
 
 
 # (N, Csrc, Cin, Cout, H, W, stride): channel counts on and off multiples of 16 (padding lanes),
-# rows of 1..33 positions (every tile width and tail), strides 1..3, H != W, batch > 1.
+# rows of 1..33 positions (every tile width and tail), strides 1..3, H != W, batch > 1.  The last
+# two have more than 64 KiB of weights: they run group by group over bands of 8 rows with the
+# input channels in chunks of 128 (partial sums through the output), in 3 bands x 2 chunks and in
+# 1 band x 3 chunks.
 CASES = [
     (1, 32, 96, 32, 8, 8, 1), (2, 16, 16, 16, 5, 7, 1), (1, 20, 24, 40, 9, 13, 1), (1, 96, 96, 32, 32, 32, 1),
     (3, 7, 5, 3, 4, 6, 2), (1, 48, 48, 100, 6, 33, 1), (1, 64, 64, 192, 7, 7, 1), (2, 24, 40, 17, 11, 10, 2),
     (1, 3, 3, 1, 1, 1, 1), (1, 40, 40, 64, 12, 12, 3), (1, 130, 64, 70, 3, 17, 1), (1, 16, 16, 80, 2, 25, 2),
+    (2, 150, 200, 100, 19, 9, 1), (1, 64, 300, 57, 10, 12, 2),
 ]
 
 
@@ -108,16 +117,17 @@ def test_native_matches_reference_and_fallback(shape):
 
 
 @needs_lib
-def test_raw_blocked_output_keeps_border_and_padding_zero():
+@pytest.mark.parametrize("cin", [20, 220])  # 220: > 64 KiB of weights, in chunks and bands (see CASES)
+def test_raw_blocked_output_keeps_border_and_padding_zero(cin):
     rng = np.random.default_rng(3)
-    x, weight, b, address = case(rng, 2, 20, 20, 21, 6, 9)
+    x, weight, b, address = case(rng, 2, 20, cin, 21 if cin < 64 else 70, 10, 9)
     # clip_min > 0 would turn a computed padding channel into clip_min: the kernel must mask it
     model = chain_model(x.shape, weight, b, address, residual=False, clip=(0.5, 6.0), raw=True)
     yb = run(model, {"X": x})
-    assert yb.shape == (2, 2, 8, 11, 16)
+    assert yb.shape == (2, 2 if cin < 64 else 5, 12, 11, 16)
     ref = address_conv_ref(x, weight, b, address, clip_min=0.5, clip_max=6.0).astype(np.float32)
     np.testing.assert_allclose(yb, blocked(ref), rtol=1e-4, atol=1e-4)
-    assert not yb[:, 1, :, :, 5:].any(), "padding channels must be zero"
+    assert not yb[:, -1, :, :, 5 if cin < 64 else 6:].any(), "padding channels must be zero"
     assert not yb[:, :, 0].any() and not yb[:, :, -1].any() and not yb[:, :, :, 0].any() and not yb[:, :, :, -1].any()
     np.testing.assert_allclose(run(model, {"X": x}, custom_ops=False), yb, rtol=1e-4, atol=1e-4)
 
@@ -231,3 +241,16 @@ def test_bias_or_weight_as_a_graph_input(graph_input):
         wv, bv = (weight, value) if graph_input == "B" else (value, b)
         got = sess.run(None, {"X": x, graph_input: value})[0]
         np.testing.assert_allclose(got, address_conv_ref(x, wv, bv, address), rtol=1e-4, atol=1e-4)
+
+
+@needs_lib
+@pytest.mark.skipif(bool(os.environ.get("ONNXOPT_GEMM_ISA")), reason="already running under a forced ISA")
+def test_portable_tiles_pass_the_blocked_tests():
+    """Without AVX-512 the blocked ops run the portable tile (ONNXOPT_GEMM_ISA=generic, read once per
+    process): this file's and the pair's kernel tests in a subprocess."""
+    here = Path(__file__).resolve().parent
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(here / "test_runtime_blocked.py"), str(here / "test_runtime_blocked_pair.py"),
+                           "-k", "not portable_tiles"],
+                          env={**os.environ, "ONNXOPT_GEMM_ISA": "generic"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -1,5 +1,5 @@
 """BlockedAddressConvPair: two blocked AddressConvs in one op (the inner result lives in a ring of
-rows). Checked bit for bit against the same two convs as BlockedAddressConv nodes, raw blocked
+rows, or in a whole image where the two convs' weights are large). Checked bit for bit against the same two convs as BlockedAddressConv nodes, raw blocked
 output included (border and padding lanes), at 1 and 2 threads, and against its ONNX-function
 fallback."""
 from __future__ import annotations
@@ -62,6 +62,11 @@ CASES = [
     (3, 7, 5, 3, 4, 6, 2, 1, True, True), (1, 48, 100, 48, 6, 33, 1, 1, True, False),
     (1, 3, 1, 2, 1, 1, 1, 1, False, False), (2, 24, 40, 17, 11, 10, 2, 2, False, True),
     (5, 16, 32, 16, 3, 4, 1, 1, True, True), (1, 64, 192, 64, 16, 16, 1, 1, True, True),
+    # more than 64 KiB of weights per conv: the two single convs run in chunks of input channels
+    # and bands of rows, the pair by rows; more than 1 MiB for both: the pair computes its first
+    # conv whole, then the second (2 bands of rows at 9 rows)
+    (1, 128, 384, 128, 9, 10, 1, 1, True, True), (2, 256, 768, 256, 5, 6, 1, 2, True, True),
+    (1, 256, 768, 256, 17, 3, 2, 1, False, True),
 ]
 
 

@@ -20,11 +20,19 @@ namespace {
 template <int R, int F>
 void tile(const BlockedTile& t) {
   __m512 acc[R][F];
+  if (t.bias) {
 #pragma GCC unroll 4
-  for (int f = 0; f < F; ++f) {
-    const __m512 b = _mm512_loadu_ps(t.bias + 16 * f);
+    for (int f = 0; f < F; ++f) {
+      const __m512 b = _mm512_loadu_ps(t.bias + 16 * f);
 #pragma GCC unroll 12
-    for (int r = 0; r < R; ++r) acc[r][f] = b;
+      for (int r = 0; r < R; ++r) acc[r][f] = b;
+    }
+  } else {  // continuing the partial sums stored by the previous chunk of input channels
+#pragma GCC unroll 4
+    for (int f = 0; f < F; ++f) {
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) acc[r][f] = _mm512_loadu_ps(t.out + f * t.out_stride + 16 * r);
+    }
   }
   const float* w = t.w;
   const std::int64_t ws = t.w_stride;

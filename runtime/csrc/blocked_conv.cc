@@ -26,7 +26,7 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
       float* out = t.out + f * t.out_stride + kBlock * r;
       const float* res = t.residual ? t.residual + f * t.out_stride + kBlock * r : nullptr;
       for (int lane = 0; lane < kBlock; ++lane) {
-        float acc = t.bias[kBlock * f + lane];
+        float acc = t.bias ? t.bias[kBlock * f + lane] : out[lane];
         for (int k = 0; k < t.k; ++k) acc += t.src[k][t.first + r * t.pos_stride] * t.w[f * t.w_stride + kBlock * k + lane];
         if (res) acc += res[lane];
         if (acc == acc) acc = std::min(t.hi, std::max(t.lo, acc));  // a NaN sum stays NaN
@@ -35,6 +35,14 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
       }
     }
   }
+}
+
+// The calling thread's image of a pair's first conv where it is computed whole (kept between runs
+// for the same reason as the ring).
+float* mid_scratch(std::size_t floats) {
+  thread_local AlignedVector<float> mid;
+  if (mid.size() < floats) mid = AlignedVector<float>(floats);
+  return mid.data();
 }
 
 using Span = BlockedRowPlan::Span;
@@ -123,6 +131,47 @@ struct OutRow {
   }
 };
 
+// Where the row order stops paying.  A row of tiles reads all of a conv's weights; past
+// kChunkedWeightBytes they no longer stay in L1 from one row to the next, and such a conv runs
+// channel group by channel group over bands of kBandRows rows, its input channels in chunks of
+// kChunk (24-32 KiB of weights for 3-4 blocks), so that a chunk's weights serve a whole band
+// (ShiftNet w64 @56, 256 -> 768 @14 and back in a net, one thread: 1.05 -> 1.00 of onnxruntime's
+// NCHWc convs).  A pair whose two convs' weights pass kPairWeightBytes reads them all once per
+// output row from L2, where they do not fit beside the data (2 x 768 KiB at 14x14: a pair took
+// 1.16x onnxruntime's two convs); it computes its first conv over the whole image instead.
+constexpr std::int64_t kChunkedWeightBytes = 64 * 1024;
+constexpr std::int64_t kChunk = 128;
+constexpr std::int64_t kBandRows = 8;
+constexpr std::int64_t kPairWeightBytes = 1024 * 1024;
+
+std::int64_t weight_bytes(const BlockedStage& st) {
+  return blocks_of(st.out_channels) * st.k * kBlock * static_cast<std::int64_t>(sizeof(float));
+}
+
+// Rows [i0, i1) of one output image of a blocked conv: the cell of (row i0, position 0) in block
+// 0, rows `row` and blocks `block` floats apart, and the residual in the same layout.
+struct OutPlane {
+  float* out;
+  const float* residual;
+  std::int64_t row, block;
+};
+
+// Zeroes the border cells of rows [i0, i1) of blocks [b0, b0 + count) of one blocked image (ho x
+// wo inside), and its top / bottom border row with the first / last row.
+void zero_border(float* image, std::int64_t b0, std::int64_t count, std::int64_t ho, std::int64_t wo,
+                 std::int64_t i0, std::int64_t i1) {
+  const std::int64_t wop = wo + 2, cell = (ho + 2) * wop * kBlock;
+  for (std::int64_t b = b0; b < b0 + count; ++b) {
+    float* block = image + b * cell;
+    if (i0 == 0) zero(block, wop * kBlock);
+    if (i1 == ho) zero(block + (ho + 1) * wop * kBlock, wop * kBlock);
+    for (std::int64_t i = i0 + 1; i <= i1; ++i) {
+      zero(block + i * wop * kBlock, kBlock);
+      zero(block + (i * wop + wo + 1) * kBlock, kBlock);
+    }
+  }
+}
+
 // One blocked AddressConv as rows of tiles.  A source row is given per displacement dy in
 // {-1, 0, 1} as the cell of its position 0 in block 0, blocks `src_block_stride` apart.
 class StageRows {
@@ -141,6 +190,45 @@ class StageRows {
     for (std::size_t r = 0; r < src.size(); ++r) src[r] = in[plan_->row_of[r]] + plan_->within[r];
     return src;
   }
+
+  // `rows` output rows (sources `row_step` floats apart from `offset`) for the channel group `gi`
+  // only, the input channels in chunks of `chunk`: the partial sums go through the output and the
+  // epilogue runs with the last chunk.  The same sums in the same order as run(), so the same bits.
+  void run_plane(const std::vector<const float*>& src, std::int64_t offset, std::int64_t row_step,
+                 std::int64_t rows, std::size_t gi, const OutPlane& out, std::int64_t chunk) const {
+    const std::int64_t mb = blocks_of(st_.out_channels);
+    const Span& g = plan_->groups[gi];
+    BlockedTile t;
+    t.pos_stride = kBlock * st_.stride_w;
+    t.w_stride = st_.weights->stride();
+    t.out_stride = out.block;
+    for (std::int64_t k0 = 0; k0 < st_.k; k0 += chunk) {
+      const std::int64_t kn = std::min(chunk, st_.k - k0);
+      const bool first = k0 == 0, last = k0 + kn == st_.k;
+      t.k = static_cast<int>(kn);
+      t.src = src.data() + k0;
+      t.w = st_.weights->block(g.first) + kBlock * k0;
+      t.bias = first ? st_.bias_padded + g.first * kBlock : nullptr;
+      t.lo = last ? st_.lo : -INFINITY;
+      t.hi = last ? st_.hi : INFINITY;
+      t.last_lanes = last && g.first + g.count == mb ? plan_->tail_lanes : 0xFFFF;
+      for (std::int64_t i = 0; i < rows; ++i) {
+        for (const Span& run : plan_->runs) {
+          const std::int64_t at = i * out.row + run.first * kBlock + g.first * out.block;
+          t.first = offset + i * row_step + run.first * t.pos_stride;
+          t.out = out.out + at;
+          t.residual = last && out.residual ? out.residual + at : nullptr;
+          if (avx512_)
+            blocked_tile_avx512(run.count, g.count)(t);
+          else
+            portable_tile(t, run.count, g.count);
+        }
+      }
+    }
+  }
+
+  std::size_t groups() const { return plan_->groups.size(); }
+  const Span& group(std::size_t gi) const { return plan_->groups[gi]; }
 
   void run(const std::vector<const float*>& src, std::int64_t offset, const OutRow& out) const {
     const std::int64_t mb = blocks_of(st_.out_channels);
@@ -313,6 +401,24 @@ void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedSt
   const float* in[3];  // output row 0 of image 0 reads padded rows 0, 1, 2
   for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * kBlock;
   const std::vector<const float*> src = rows.reads(in);
+  if (weight_bytes(stage) > kChunkedWeightBytes) {
+    const std::int64_t ng = static_cast<std::int64_t>(rows.groups()), nbands = ceil_div(ho, kBandRows);
+    parallel_for(static_cast<std::size_t>(s.batch * ng * nbands), [&](std::size_t item) {
+      const std::int64_t band = static_cast<std::int64_t>(item) % nbands;
+      const std::int64_t gi = static_cast<std::int64_t>(item) / nbands % ng;
+      const std::int64_t n = static_cast<std::int64_t>(item) / nbands / ng;
+      const std::int64_t i0 = band * kBandRows, i1 = std::min(ho, i0 + kBandRows);
+      float* image = y + n * mb * out_cell;
+      const Span& g = rows.group(static_cast<std::size_t>(gi));
+      zero_border(image, g.first, g.count, ho, wo, i0, i1);
+      const std::int64_t at = ((i0 + 1) * (wo + 2) + 1) * kBlock;
+      const OutPlane out{image + at, residual ? residual + n * mb * out_cell + at : nullptr, (wo + 2) * kBlock,
+                         out_cell};
+      rows.run_plane(src, (n * s.src_blocks * hp + i0 * stage.stride_h) * wp * kBlock,
+                     stage.stride_h * wp * kBlock, i1 - i0, static_cast<std::size_t>(gi), out, kChunk);
+    });
+    return;
+  }
   parallel_for(static_cast<std::size_t>(s.batch * ho), [&](std::size_t item) {
     const std::int64_t i = static_cast<std::int64_t>(item) % ho, n = static_cast<std::int64_t>(item) / ho;
     OutRow out(y + n * mb * out_cell, residual ? residual + n * mb * out_cell : nullptr, mb, ho, wo, i);
@@ -331,6 +437,17 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
   if (s.batch == 0 || mb2 == 0) return;
   if (h2 == 0 || w2 == 0) {
     zero(y, s.batch * mb2 * out_cell);
+    return;
+  }
+  if (weight_bytes(first) + weight_bytes(second) > kPairWeightBytes) {  // the first conv whole, then the second
+    const std::int64_t mid_cell = (h1 + 2) * (w1 + 2) * kBlock;
+    float* mid = mid_scratch(static_cast<std::size_t>(mb1 * mid_cell));
+    for (std::int64_t n = 0; n < s.batch; ++n) {
+      blocked_address_conv({1, s.src_blocks, s.height, s.width}, x + n * s.src_blocks * in_cell, first, nullptr, mid,
+                           isa, parallel_for);
+      blocked_address_conv({1, mb1, h1, w1}, mid, second, residual ? residual + n * mb2 * out_cell : nullptr,
+                           y + n * mb2 * out_cell, isa, parallel_for);
+    }
     return;
   }
   const bool avx512 = use_avx512(isa);
