@@ -63,10 +63,11 @@ CASES = [
     (1, 3, 1, 2, 1, 1, 1, 1, False, False), (2, 24, 40, 17, 11, 10, 2, 2, False, True),
     (5, 16, 32, 16, 3, 4, 1, 1, True, True), (1, 64, 192, 64, 16, 16, 1, 1, True, True),
     # more than 64 KiB of weights per conv: the two single convs run in chunks of input channels
-    # and bands of rows, the pair by rows; more than 1 MiB for both: the pair computes its first
-    # conv whole, then the second (2 bands of rows at 9 rows)
-    (1, 128, 384, 128, 9, 10, 1, 1, True, True), (2, 256, 768, 256, 5, 6, 1, 2, True, True),
-    (1, 256, 768, 256, 17, 3, 2, 1, False, True),
+    # and bands of rows; the pair by rows at 20 positions a row, and at 10 (too few FLOPs per byte
+    # of weights read by rows) it computes its first conv whole, then the second, as it does past
+    # 1 MiB of weights (2 bands of rows at 9 rows)
+    (1, 128, 384, 128, 5, 20, 1, 1, True, True), (1, 128, 384, 128, 9, 10, 1, 1, True, True),
+    (2, 256, 768, 256, 5, 6, 1, 2, True, True), (1, 256, 768, 256, 17, 3, 2, 1, False, True),
 ]
 
 

@@ -148,6 +148,21 @@ std::int64_t weight_bytes(const BlockedStage& st) {
   return blocks_of(st.out_channels) * st.k * kBlock * static_cast<std::int64_t>(sizeof(float));
 }
 
+// Whether a pair computes its first conv over the whole image, then the second, rather than row by
+// row through the ring.  By rows, each output row reads the first conv's weights once per inner row
+// it needs (the second conv's row stride) and the second's once; past L1 they come from L2, at
+// `intensity` FLOPs per byte, which is about half the output row width.  Measured one thread, C++
+// loop, ring vs whole (us): 128 -> 384 -> 128 @8 105 vs 75 (intensity 4), 256 -> 768 -> 256 @7
+// 270 vs 248 (3.5), @12 181 vs 181 (6), 128 -> 384 -> 128 @16 313 vs 311 (8), @28 921 vs 956 (14),
+// 64 -> 192 -> 64 @56 962 vs 1172 (28); past 1 MiB the two convs' weights and the data do not fit
+// a 2 MiB L2 together (256 -> 768 -> 256 @14: 1003-1018 vs 968-982, strided 618-645 vs 609-619).
+bool whole_first_conv(const BlockedStage& first, const BlockedStage& second, std::int64_t w1, std::int64_t w2) {
+  const std::int64_t b1 = weight_bytes(first), b2 = weight_bytes(second), bytes = b1 + b2;
+  const double flops = 0.5 * static_cast<double>(second.stride_h * b1 * w1 + b2 * w2);  // 2 per weight float
+  const double intensity = flops / static_cast<double>(second.stride_h * b1 + b2);
+  return bytes > kPairWeightBytes || (bytes > kChunkedWeightBytes && intensity < 6.5);
+}
+
 // Rows [i0, i1) of one output image of a blocked conv: the cell of (row i0, position 0) in block
 // 0, rows `row` and blocks `block` floats apart, and the residual in the same layout.
 struct OutPlane {
@@ -439,7 +454,7 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
     zero(y, s.batch * mb2 * out_cell);
     return;
   }
-  if (weight_bytes(first) + weight_bytes(second) > kPairWeightBytes) {  // the first conv whole, then the second
+  if (whole_first_conv(first, second, w1, w2)) {  // the first conv whole, then the second
     const std::int64_t mid_cell = (h1 + 2) * (w1 + 2) * kBlock;
     float* mid = mid_scratch(static_cast<std::size_t>(mb1 * mid_cell));
     for (std::int64_t n = 0; n < s.batch; ++n) {
