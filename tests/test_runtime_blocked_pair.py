@@ -68,6 +68,8 @@ CASES = [
     # 1 MiB of weights (2 bands of rows at 9 rows)
     (1, 128, 384, 128, 5, 20, 1, 1, True, True), (1, 128, 384, 128, 9, 10, 1, 1, True, True),
     (2, 256, 768, 256, 5, 6, 1, 2, True, True), (1, 256, 768, 256, 17, 3, 2, 1, False, True),
+    # a first conv's image past the 16 MiB the pair keeps per thread: allocated for the run
+    (1, 128, 384, 128, 1600, 5, 1, 1, True, True),
 ]
 
 

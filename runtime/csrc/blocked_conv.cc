@@ -37,10 +37,12 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
   }
 }
 
-// The calling thread's image of a pair's first conv where it is computed whole (kept between runs
-// for the same reason as the ring).
-float* mid_scratch(std::size_t floats) {
-  thread_local AlignedVector<float> mid;
+// The calling thread's image of a pair's first conv where it is computed whole: kept between runs
+// for the same reason as the ring up to 16 MiB, larger ones (big maps) in `local`, for this run.
+float* mid_scratch(std::size_t floats, AlignedVector<float>& local) {
+  constexpr std::size_t kKeptFloats = std::size_t{4} << 20;
+  thread_local AlignedVector<float> kept;
+  AlignedVector<float>& mid = floats <= kKeptFloats ? kept : local;
   if (mid.size() < floats) mid = AlignedVector<float>(floats);
   return mid.data();
 }
@@ -456,7 +458,8 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
   }
   if (whole_first_conv(first, second, w1, w2)) {  // the first conv whole, then the second
     const std::int64_t mid_cell = (h1 + 2) * (w1 + 2) * kBlock;
-    float* mid = mid_scratch(static_cast<std::size_t>(mb1 * mid_cell));
+    AlignedVector<float> local;
+    float* mid = mid_scratch(static_cast<std::size_t>(mb1 * mid_cell), local);
     for (std::int64_t n = 0; n < s.batch; ++n) {
       blocked_address_conv({1, s.src_blocks, s.height, s.width}, x + n * s.src_blocks * in_cell, first, nullptr, mid,
                            isa, parallel_for);
