@@ -77,14 +77,15 @@ def case(rng, n, csrc, cin, cout, h, w, bias=True):
 
 # (N, Csrc, Cin, Cout, H, W, stride): channel counts on and off multiples of 16 (padding lanes),
 # rows of 1..33 positions (every tile width and tail), strides 1..3, H != W, batch > 1.  The last
-# two have more than 64 KiB of weights: they run group by group over bands of 8 rows with the
-# input channels in chunks of 128 (partial sums through the output), in 3 bands x 2 chunks and in
-# 1 band x 3 chunks.
+# three have more than 64 KiB of weights: they run group by group over bands of rows (at most 8,
+# thinner where an image has few channel groups) with the input channels in chunks of 128 (partial
+# sums through the output): 2 chunks over several groups and bands of rows, then twice 3 chunks in
+# one group (at most 4 channel blocks) over 5 bands of one row.
 CASES = [
     (1, 32, 96, 32, 8, 8, 1), (2, 16, 16, 16, 5, 7, 1), (1, 20, 24, 40, 9, 13, 1), (1, 96, 96, 32, 32, 32, 1),
     (3, 7, 5, 3, 4, 6, 2), (1, 48, 48, 100, 6, 33, 1), (1, 64, 64, 192, 7, 7, 1), (2, 24, 40, 17, 11, 10, 2),
     (1, 3, 3, 1, 1, 1, 1), (1, 40, 40, 64, 12, 12, 3), (1, 130, 64, 70, 3, 17, 1), (1, 16, 16, 80, 2, 25, 2),
-    (2, 150, 200, 100, 19, 9, 1), (1, 64, 300, 57, 10, 12, 2),
+    (2, 150, 200, 100, 19, 9, 1), (1, 64, 300, 57, 10, 12, 2), (1, 300, 300, 60, 5, 7, 1),
 ]
 
 

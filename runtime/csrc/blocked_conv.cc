@@ -144,6 +144,7 @@ struct OutRow {
 constexpr std::int64_t kChunkedWeightBytes = 64 * 1024;
 constexpr std::int64_t kChunk = 128;
 constexpr std::int64_t kBandRows = 8;
+constexpr std::int64_t kMinItems = 8;
 constexpr std::int64_t kPairWeightBytes = 1024 * 1024;
 
 std::int64_t weight_bytes(const BlockedStage& st) {
@@ -419,12 +420,17 @@ void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedSt
   for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * kBlock;
   const std::vector<const float*> src = rows.reads(in);
   if (weight_bytes(stage) > kChunkedWeightBytes) {
-    const std::int64_t ng = static_cast<std::int64_t>(rows.groups()), nbands = ceil_div(ho, kBandRows);
+    // bands of at most kBandRows rows, and thinner where an image would otherwise make fewer than
+    // kMinItems work items (one group, few rows: the row order had a work item per row)
+    const std::int64_t ng = static_cast<std::int64_t>(rows.groups());
+    const std::int64_t nbands = std::min(ho, std::max(ceil_div(ho, kBandRows), ceil_div(kMinItems, ng)));
+    const std::int64_t band_rows = ceil_div(ho, nbands);
     parallel_for(static_cast<std::size_t>(s.batch * ng * nbands), [&](std::size_t item) {
       const std::int64_t band = static_cast<std::int64_t>(item) % nbands;
       const std::int64_t gi = static_cast<std::int64_t>(item) / nbands % ng;
       const std::int64_t n = static_cast<std::int64_t>(item) / nbands / ng;
-      const std::int64_t i0 = band * kBandRows, i1 = std::min(ho, i0 + kBandRows);
+      const std::int64_t i0 = std::min(ho, band * band_rows), i1 = std::min(ho, i0 + band_rows);
+      if (i0 == i1) return;
       float* image = y + n * mb * out_cell;
       const Span& g = rows.group(static_cast<std::size_t>(gi));
       zero_border(image, g.first, g.count, ho, wo, i0, i1);
