@@ -199,12 +199,14 @@ def _entry_conv(graph: gs.Graph, to_blocked: gs.Node):
 
 def absorb_entry_convs(graph: gs.Graph) -> int:
     """A small "same" Conv (+ Relu) whose result only enters the blocked layout becomes a
-    BlockedAddressConv after the ToBlocked: one address row (c, ky - kh/2, kx - kw/2) per input tap,
-    the weights reshaped to [Cout, C·kh·kw, 1, 1]; returns how many.
+    BlockedEntryConv reading the NCHW input: one address row (c, ky - kh/2, kx - kw/2) per input
+    tap, the weights reshaped to [Cout, C·kh·kw, 1, 1]; returns how many.
 
     Why: a ShiftNet's stem (3x3, 3 -> w channels) ran in onnxruntime's NCHWc layout, went back to
-    NCHW (ReorderOutput) and then blocked (ToBlocked): three passes over its output where blocking
-    the 3-channel image and running the conv blocked (K = 27) makes one."""
+    NCHW (ReorderOutput) and then blocked (ToBlocked): three passes over its output where running
+    the conv on the image (K = 27) straight into the layout makes one. (A ToBlocked of the
+    3-channel image and a BlockedAddressConv did the same with 16-lane cells of which 3 are read:
+    in the w32 net that ToBlocked took 12 us of ~900.)"""
     count = 0
     for tb in list(ir.nodes_of(graph, ops.TO_BLOCKED, domain=ops.DOMAIN)):
         found = _entry_conv(graph, tb)
@@ -218,7 +220,6 @@ def absorb_entry_convs(graph: gs.Graph) -> int:
         name = conv.name or tb.name
         weight = gs.Constant(f"{name}/blocked_w", np.ascontiguousarray(w.reshape(cout, cin * kh * kw, 1, 1)))
         bias = conv.inputs[2] if len(conv.inputs) > 2 and conv.inputs[2].name else gs.Variable.empty()
-        xb = gs.Variable(f"{x.name}/blocked", np.float32, _blocked_shape(x.shape))
         out = tb.outputs[0]
         attrs = {"strides": list(conv.attrs.get("strides", [1, 1]))}
         if relu is not None:
@@ -226,10 +227,8 @@ def absorb_entry_convs(graph: gs.Graph) -> int:
         for n in (tb, conv) + ((relu,) if relu is not None else ()):
             n.inputs.clear()
             n.outputs.clear()
-        graph.nodes.append(gs.Node(ops.TO_BLOCKED, name=f"{x.name}/to_blocked", domain=ops.DOMAIN,
-                                   inputs=[x], outputs=[xb]))
-        graph.nodes.append(gs.Node(ops.BLOCKED_ADDRESS_CONV, name=name, domain=ops.DOMAIN, attrs=attrs,
-                                   inputs=[xb, weight, bias, gs.Constant(f"{name}/address", address)],
+        graph.nodes.append(gs.Node(ops.BLOCKED_ENTRY_CONV, name=name, domain=ops.DOMAIN, attrs=attrs,
+                                   inputs=[x, weight, bias, gs.Constant(f"{name}/address", address)],
                                    outputs=[out]))
         count += 1
     if count:

@@ -101,6 +101,7 @@ log = logging.getLogger(__name__)
 
 
 @mac_rule(ops.ADDRESS_CONV, domain=ops.DOMAIN)
+@mac_rule(ops.BLOCKED_ENTRY_CONV, domain=ops.DOMAIN)  # the same sums from an NCHW input (group 1)
 def _address_conv_macs(node, shapes, inits):
     """N · Cout · Ho · Wo · (Cin / group), Ho = ceil(H / stride_h): a grouped 1x1 conv's MACs."""
     x, w = shapes.get(node.input[0]), shapes.get(node.input[1])

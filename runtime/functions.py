@@ -300,6 +300,18 @@ def _renamed(nodes, prefix: str, io: dict[str, str], attr_prefix: str) -> list[o
     return out
 
 
+def blocked_entry_conv_function(opset: int) -> onnx.FunctionProto:
+    """BlockedEntryConv: the AddressConv body on the NCHW input, its result blocked."""
+    _check_opset(ops.BLOCKED_ENTRY_CONV, opset)
+    body = list(address_conv_function(opset).node)
+    assert list(body[-1].output) == ["Y"], "the AddressConv body ends in its output"
+    body[-1].output[0] = "Yn"
+    nodes = body + _to_blocked_nodes("Yn", "Y", "by_")
+    f = _address_conv_like(ops.BLOCKED_ENTRY_CONV, ["X", "W", "B", "address"], nodes, opset, residual=False)
+    f.doc_string = f"{ops.BLOCKED_ENTRY_CONV} from standard ops: the {ops.ADDRESS_CONV} body, its result blocked."
+    return f
+
+
 def blocked_address_conv_pair_function(opset: int, residual: bool = False) -> onnx.FunctionProto:
     """BlockedAddressConvPair: the BlockedAddressConv body twice, the inner one's attributes named
     ``first_*``."""
@@ -324,7 +336,8 @@ FUNCTION_BUILDERS = {ops.ADDRESS_CONV: address_conv_function, ops.PERFORATED_CON
                      ops.TO_BLOCKED: to_blocked_function, ops.FROM_BLOCKED: from_blocked_function,
                      ops.BLOCKED_ADDRESS_CONV: blocked_address_conv_function,
                      ops.BLOCKED_ADDRESS_CONV_PAIR: blocked_address_conv_pair_function,
-                     ops.BLOCKED_GLOBAL_AVERAGE_POOL: blocked_global_average_pool_function}
+                     ops.BLOCKED_GLOBAL_AVERAGE_POOL: blocked_global_average_pool_function,
+                     ops.BLOCKED_ENTRY_CONV: blocked_entry_conv_function}
 
 #: Where each op's optional residual input sits (the overload "residual" when it is given).
 _RESIDUAL_INPUT = {ops.ADDRESS_CONV: 4, ops.BLOCKED_ADDRESS_CONV: 4, ops.BLOCKED_ADDRESS_CONV_PAIR: 7}

@@ -16,7 +16,9 @@ BLOCKED_ADDRESS_CONV = "BlockedAddressConv"
 BLOCKED_ADDRESS_CONV_PAIR = "BlockedAddressConvPair"
 #: GlobalAveragePool of a blocked tensor, [N, C, 1, 1] out (FromBlocked + GlobalAveragePool in one pass).
 BLOCKED_GLOBAL_AVERAGE_POOL = "BlockedGlobalAveragePool"
+#: An AddressConv from an NCHW image into the blocked layout (a net's stem: ToBlocked + BlockedAddressConv in one).
+BLOCKED_ENTRY_CONV = "BlockedEntryConv"
 
 #: The ops the native library registers.
 NATIVE_OPS = (ADDRESS_CONV, PERFORATED_CONV, TO_BLOCKED, FROM_BLOCKED, BLOCKED_ADDRESS_CONV,
-              BLOCKED_ADDRESS_CONV_PAIR, BLOCKED_GLOBAL_AVERAGE_POOL)
+              BLOCKED_ADDRESS_CONV_PAIR, BLOCKED_GLOBAL_AVERAGE_POOL, BLOCKED_ENTRY_CONV)

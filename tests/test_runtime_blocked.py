@@ -4,6 +4,7 @@ padding channels) on the raw blocked tensors."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,10 @@ def blocked(x: np.ndarray) -> np.ndarray:
     return xp.reshape(n, cb, 16, h + 2, w + 2).transpose(0, 1, 3, 4, 2)
 
 
-def chain_model(x_shape, weight, bias, address, strides=(1, 1), residual=False, clip=None, raw=False):
+def chain_model(x_shape, weight, bias, address, strides=(1, 1), residual=False, clip=None, raw=False, entry=False):
     """X -> ToBlocked -> BlockedAddressConv (-> FromBlocked unless raw) with W, B, address initializers;
-    R (NCHW, the output's shape) -> ToBlocked -> the residual when ``residual``."""
+    R (NCHW, the output's shape) -> ToBlocked -> the residual when ``residual``.  ``entry``: one
+    BlockedEntryConv on X instead of the ToBlocked and the BlockedAddressConv."""
     n, c, h, w = x_shape
     cout = len(weight)
     ho, wo = -(-h // strides[0]), -(-w // strides[1])
@@ -51,8 +53,10 @@ def chain_model(x_shape, weight, bias, address, strides=(1, 1), residual=False, 
     attrs = {"strides": list(strides)}
     if clip is not None:
         attrs.update(clip_min=float(clip[0]), clip_max=float(clip[1]))
-    nodes.append(helper.make_node(ops.BLOCKED_ADDRESS_CONV, inputs, ["Yb" if not raw else "Y"], domain=ops.DOMAIN,
-                                  **attrs))
+    if entry:
+        nodes, inputs[0] = [], "X"
+    nodes.append(helper.make_node(ops.BLOCKED_ENTRY_CONV if entry else ops.BLOCKED_ADDRESS_CONV, inputs,
+                                  ["Yb" if not raw else "Y"], domain=ops.DOMAIN, **attrs))
     if not raw:
         nodes.append(helper.make_node(ops.FROM_BLOCKED, ["Yb"], ["Y"], domain=ops.DOMAIN, channels=cout))
     graph = helper.make_graph(nodes, "blocked", graph_inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
@@ -169,6 +173,54 @@ def test_bad_address_tables_fail_with_a_message(address, message):
     model = chain_model(x.shape, np.ones((4, 1, 1, 1), np.float32), None, np.array(address, np.int32))
     with pytest.raises(Exception, match=message.replace("[", r"\[").replace("]", r"\]")):
         run(model, {"X": x})
+
+
+# BlockedEntryConv (N, C, K address rows, Cout, H, W, stride): one to 20 image channels (past one
+# block), rows of 1..33 positions, strides 1 and 2, batch > 1, a ShiftNet stem (3 channels, 27 taps).
+ENTRY_CASES = [(1, 3, 27, 32, 8, 8, 1), (2, 3, 27, 20, 9, 13, 2), (1, 1, 9, 16, 1, 1, 1), (1, 5, 12, 40, 6, 33, 1),
+               (3, 20, 60, 17, 7, 5, 2)]
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", ENTRY_CASES)
+def test_entry_conv_is_to_blocked_and_the_blocked_conv(shape):
+    """Bit for bit the ToBlocked + BlockedAddressConv it replaces (raw blocked output, border and
+    padding lanes included), at 1 and 2 threads; its fallback and the reference agree."""
+    n, c, k, cout, h, w, s = shape
+    rng = np.random.default_rng(sum(shape))
+    x, weight, b, address = case(rng, n, c, k, cout, h, w, bias=cout % 2 == 0)
+    for clip in (None, (0.0, 6.0)):
+        want = run(chain_model(x.shape, weight, b, address, (s, s), clip=clip, raw=True), {"X": x})
+        model = chain_model(x.shape, weight, b, address, (s, s), clip=clip, raw=True, entry=True)
+        for threads in (1, 2):
+            np.testing.assert_array_equal(run(model, {"X": x}, threads=threads), want)
+        np.testing.assert_allclose(run(model, {"X": x}, custom_ops=False), want, rtol=1e-4, atol=1e-4)
+        ref = address_conv_ref(x, weight, b, address, strides=(s, s), clip_min=clip[0] if clip else -np.inf,
+                               clip_max=clip[1] if clip else np.inf).astype(np.float32)
+        np.testing.assert_allclose(want, blocked(ref), rtol=1e-4, atol=1e-4)
+
+
+@needs_lib
+@pytest.mark.parametrize("address, message", [
+    ([[0, 2, 0]], "displacements in [-1, 1]"),
+    ([[3, 0, 0]], "address[0, 0] = 3 is not a channel of X (X stores 3)"),
+])
+def test_entry_conv_bad_address_fails_with_a_message(address, message):
+    model = chain_model((1, 3, 4, 4), np.ones((4, 1, 1, 1), np.float32), None, np.array(address, np.int32), raw=True,
+                        entry=True)
+    with pytest.raises(Exception, match="BlockedEntryConv: .*" + re.escape(message)):
+        run(model, {"X": np.zeros((1, 3, 4, 4), np.float32)})
+
+
+@needs_lib
+def test_entry_conv_needs_an_nchw_input():
+    node = helper.make_node(ops.BLOCKED_ENTRY_CONV, ["X", "W", "", "address"], ["Y"], domain=ops.DOMAIN)
+    model = _one_node_model(node, (1, 1, 3, 4, 4))
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.ones((4, 1, 1, 1), np.float32), "W"),
+                                    onnx.numpy_helper.from_array(np.zeros((1, 3), np.int32), "address")])
+    message = "BlockedEntryConv: X must be NCHW [N, C, H, W], got [1, 1, 3, 4, 4]"
+    with pytest.raises(Exception, match=re.escape(message)):
+        run(model, {"X": np.zeros((1, 1, 3, 4, 4), np.float32)})
 
 
 def _one_node_model(node, x_shape):

@@ -423,20 +423,22 @@ def test_shiftnet(runtime, options):
     assert res.details["residuals_fused"] == 3 and res.details["chained_convs"] == 5  # 3 expand, 2 shortcut
     # every 1x1 conv of the blocks is an AddressConv, all in the blocked layout, each block's expand +
     # shift conv as one pair, the shortcuts alone; the stem's 3x3 Conv + Relu too (27 address rows),
-    # after the image is blocked: one conversion in (3 channels), out through the blocked pooling, no
+    # reading the image itself (BlockedEntryConv: no ToBlocked), out through the blocked pooling, no
     # Conv, Relu or GlobalAveragePool left
-    assert counts[ops.BLOCKED_ADDRESS_CONV_PAIR] == 3 and counts[ops.BLOCKED_ADDRESS_CONV] == 3
-    assert counts[ops.TO_BLOCKED] == 1 and counts[ops.BLOCKED_GLOBAL_AVERAGE_POOL] == 1
-    assert not {"Conv", "Relu", "Add", "GlobalAveragePool", ops.ADDRESS_CONV, ops.FROM_BLOCKED} & set(counts)
+    assert counts[ops.BLOCKED_ADDRESS_CONV_PAIR] == 3 and counts[ops.BLOCKED_ADDRESS_CONV] == 2
+    assert counts[ops.BLOCKED_ENTRY_CONV] == 1 and counts[ops.BLOCKED_GLOBAL_AVERAGE_POOL] == 1
+    assert not {"Conv", "Relu", "Add", "GlobalAveragePool", ops.ADDRESS_CONV, ops.FROM_BLOCKED,
+                ops.TO_BLOCKED} & set(counts)
     assert res.details["blocked_convs"] == 8 and res.details["layout_conversions"] == 2
     assert res.details["blocked_pairs"] == 3 and res.details["entry_convs_blocked"] == 1
     assert res.details["pools_blocked"] == 1
-    stem = next(n for n in out.graph.node if n.op_type == ops.BLOCKED_ADDRESS_CONV and n.input[0] != n.output[0]
-                and any(i.name == n.input[3] and list(i.dims) == [27, 3] for i in out.graph.initializer))
-    assert stem.input[0] == out.graph.node[0].output[0]  # right after the image's ToBlocked
+    stem = out.graph.node[0]
+    assert stem.op_type == ops.BLOCKED_ENTRY_CONV and stem.input[0] == out.graph.input[0].name
+    assert any(i.name == stem.input[3] and list(i.dims) == [27, 3] for i in out.graph.initializer)
     out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32), blocked_pairs=False)
     counts = op_counts(out)
-    assert counts[ops.BLOCKED_ADDRESS_CONV] == 9 and ops.BLOCKED_ADDRESS_CONV_PAIR not in counts
+    assert counts[ops.BLOCKED_ADDRESS_CONV] == 8 and ops.BLOCKED_ADDRESS_CONV_PAIR not in counts
+    assert counts[ops.BLOCKED_ENTRY_CONV] == 1
     out, res = optimise(export(shiftnet(width=16, blocks=(1, 1, 1), **options), 32), blocked=False)
     counts = op_counts(out)
     assert counts[ops.ADDRESS_CONV] == 8 and counts["Conv"] == 1 and ops.BLOCKED_ADDRESS_CONV not in counts
@@ -461,7 +463,7 @@ def test_shiftnet_blocked_layout_edges(runtime):
     counts = op_counts(out)
     # the tap leaves through FromBlocked, the end of the net through the blocked pooling
     assert counts[ops.FROM_BLOCKED] == 1 and counts[ops.BLOCKED_GLOBAL_AVERAGE_POOL] == 1
-    assert counts[ops.TO_BLOCKED] == 1 and res.details["layout_conversions"] == 3
+    assert counts[ops.BLOCKED_ENTRY_CONV] == 1 and res.details["layout_conversions"] == 3
     assert {o.name for o in out.graph.output} == {o.name for o in model.graph.output} | {"tap"}
 
     b = Builder(9)
@@ -547,8 +549,8 @@ def test_entry_conv_joins_the_blocked_layout(runtime, kw):
     out, res = optimise(_stem_then_chain(**kw))
     assert res.details["blocked_convs"] == 4 and res.details["entry_convs_blocked"] == 1
     counts = op_counts(out)
-    assert "Conv" not in counts and "Relu" not in counts and counts[ops.TO_BLOCKED] == 1
-    assert out.graph.node[0].op_type == ops.TO_BLOCKED and out.graph.node[0].input[0] == "x"
+    assert "Conv" not in counts and "Relu" not in counts and ops.TO_BLOCKED not in counts
+    assert out.graph.node[0].op_type == ops.BLOCKED_ENTRY_CONV and out.graph.node[0].input[0] == "x"
 
 
 @pytest.mark.parametrize("kw", [{"pads": (0, 0, 0, 0)}, {"pads": (1, 1, 0, 0)}, {"tap": True}, {"cin": 29}])

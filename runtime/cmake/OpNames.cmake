@@ -3,7 +3,7 @@
 function(onnxopt_generate_op_names ops_py out_header)
   file(READ "${ops_py}" text)
   foreach(key DOMAIN ADDRESS_CONV PERFORATED_CONV TO_BLOCKED FROM_BLOCKED BLOCKED_ADDRESS_CONV BLOCKED_ADDRESS_CONV_PAIR
-                  BLOCKED_GLOBAL_AVERAGE_POOL)
+                  BLOCKED_GLOBAL_AVERAGE_POOL BLOCKED_ENTRY_CONV)
     if(NOT text MATCHES "\n${key} = \"([A-Za-z0-9_.]+)\"")
       message(FATAL_ERROR "onnxopt: ${ops_py} has no line ${key} = \"...\"")
     endif()
@@ -27,6 +27,7 @@ inline constexpr const char* kFromBlocked = "@ONNXOPT_FROM_BLOCKED@";
 inline constexpr const char* kBlockedAddressConv = "@ONNXOPT_BLOCKED_ADDRESS_CONV@";
 inline constexpr const char* kBlockedAddressConvPair = "@ONNXOPT_BLOCKED_ADDRESS_CONV_PAIR@";
 inline constexpr const char* kBlockedGlobalAveragePool = "@ONNXOPT_BLOCKED_GLOBAL_AVERAGE_POOL@";
+inline constexpr const char* kBlockedEntryConv = "@ONNXOPT_BLOCKED_ENTRY_CONV@";
 }  // namespace onnxopt
 ]=] @ONLY)
 endfunction()

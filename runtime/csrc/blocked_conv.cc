@@ -37,9 +37,10 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
   }
 }
 
-// The calling thread's image of a pair's first conv where it is computed whole: kept between runs
-// for the same reason as the ring up to 16 MiB, larger ones (big maps) in `local`, for this run.
-float* mid_scratch(std::size_t floats, AlignedVector<float>& local) {
+// The calling thread's scratch (a pair's first conv computed whole, an entry conv's padded image):
+// kept between runs for the same reason as the ring up to 16 MiB, larger ones (big maps) in
+// `local`, for this run.  One user at a time per thread (the ops that use it do not nest).
+float* thread_scratch(std::size_t floats, AlignedVector<float>& local) {
   constexpr std::size_t kKeptFloats = std::size_t{4} << 20;
   thread_local AlignedVector<float> kept;
   AlignedVector<float>& mid = floats <= kKeptFloats ? kept : local;
@@ -194,11 +195,13 @@ void zero_border(float* image, std::int64_t b0, std::int64_t count, std::int64_t
 // {-1, 0, 1} as the cell of its position 0 in block 0, blocks `src_block_stride` apart.
 class StageRows {
  public:
-  StageRows(const BlockedStage& st, std::int64_t out_width, std::int64_t src_block_stride, bool avx512)
+  StageRows(const BlockedStage& st, std::int64_t out_width, std::int64_t src_block_stride, bool avx512,
+            std::int64_t src_lanes = kBlock)
       : st_(st),
-        plan_(st.plans ? st.plans->get(st.out_channels, st.address, st.k, out_width, src_block_stride)
+        plan_(st.plans ? st.plans->get(st.out_channels, st.address, st.k, out_width, src_block_stride, src_lanes)
                        : std::make_shared<const BlockedRowPlan>(st.out_channels, st.address, st.k, out_width,
-                                                                src_block_stride)),
+                                                                src_block_stride, src_lanes)),
+        pos_stride_(src_lanes * st.stride_w),
         avx512_(avx512) {}
 
   // Per input channel, its read for output position 0 of a row whose sources (dy = -1, 0, 1) are
@@ -217,7 +220,7 @@ class StageRows {
     const std::int64_t mb = blocks_of(st_.out_channels);
     const Span& g = plan_->groups[gi];
     BlockedTile t;
-    t.pos_stride = kBlock * st_.stride_w;
+    t.pos_stride = pos_stride_;
     t.w_stride = st_.weights->stride();
     t.out_stride = out.block;
     for (std::int64_t k0 = 0; k0 < st_.k; k0 += chunk) {
@@ -253,7 +256,7 @@ class StageRows {
     BlockedTile t;
     t.k = static_cast<int>(st_.k);
     t.src = src.data();
-    t.pos_stride = kBlock * st_.stride_w;
+    t.pos_stride = pos_stride_;
     t.w_stride = st_.weights->stride();
     t.out_stride = out.stride;
     t.lo = st_.lo;
@@ -278,14 +281,15 @@ class StageRows {
  private:
   BlockedStage st_;
   std::shared_ptr<const BlockedRowPlan> plan_;
+  std::int64_t pos_stride_;  // floats between consecutive output positions' reads
   bool avx512_;
 };
 
 }  // namespace
 
 BlockedRowPlan::BlockedRowPlan(std::int64_t out_channels_, const std::int32_t* address_, std::int64_t k,
-                               std::int64_t out_width_, std::int64_t src_block_stride_)
-    : out_channels(out_channels_), out_width(out_width_), src_block_stride(src_block_stride_),
+                               std::int64_t out_width_, std::int64_t src_block_stride_, std::int64_t src_lanes_)
+    : out_channels(out_channels_), out_width(out_width_), src_block_stride(src_block_stride_), src_lanes(src_lanes_),
       address(address_, address_ + 3 * k) {
   RowPlan plan = plan_row(blocks_of(out_channels), out_width, k);
   groups = std::move(plan.groups);
@@ -297,23 +301,25 @@ BlockedRowPlan::BlockedRowPlan(std::int64_t out_channels_, const std::int32_t* a
   for (std::int64_t r = 0; r < k; ++r) {
     const std::int64_t src = address_[3 * r];
     row_of[static_cast<std::size_t>(r)] = address_[3 * r + 1] + 1;
-    within[static_cast<std::size_t>(r)] = (src / kBlock) * src_block_stride + address_[3 * r + 2] * kBlock + src % kBlock;
+    within[static_cast<std::size_t>(r)] =
+        (src / src_lanes) * src_block_stride + address_[3 * r + 2] * src_lanes + src % src_lanes;
   }
 }
 
 bool BlockedRowPlan::made_for(std::int64_t out_channels_, const std::int32_t* address_, std::int64_t k,
-                              std::int64_t out_width_, std::int64_t src_block_stride_) const {
+                              std::int64_t out_width_, std::int64_t src_block_stride_, std::int64_t src_lanes_) const {
   return out_channels == out_channels_ && out_width == out_width_ && src_block_stride == src_block_stride_ &&
+         src_lanes == src_lanes_ &&
          static_cast<std::int64_t>(address.size()) == 3 * k &&
          std::equal(address.begin(), address.end(), address_);
 }
 
 std::shared_ptr<const BlockedRowPlan> BlockedPlanCache::get(std::int64_t out_channels, const std::int32_t* address,
                                                             std::int64_t k, std::int64_t out_width,
-                                                            std::int64_t src_block_stride) {
+                                                            std::int64_t src_block_stride, std::int64_t src_lanes) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!last_ || !last_->made_for(out_channels, address, k, out_width, src_block_stride))
-    last_ = std::make_shared<const BlockedRowPlan>(out_channels, address, k, out_width, src_block_stride);
+  if (!last_ || !last_->made_for(out_channels, address, k, out_width, src_block_stride, src_lanes))
+    last_ = std::make_shared<const BlockedRowPlan>(out_channels, address, k, out_width, src_block_stride, src_lanes);
   return last_;
 }
 
@@ -323,12 +329,13 @@ BlockedWeights::BlockedWeights(const float* w, std::int64_t out_channels, std::i
     for (std::int64_t kk = 0; kk < k; ++kk) data_[((m / kBlock) * k + kk) * kBlock + m % kBlock] = w[m * k + kk];
 }
 
-std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t k, std::int64_t src_blocks) {
+std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t k, std::int64_t src_blocks,
+                                      std::int64_t src_lanes) {
   for (std::int64_t r = 0; r < k; ++r) {
     const std::int64_t src = address[3 * r], dy = address[3 * r + 1], dx = address[3 * r + 2];
-    if (src < 0 || src >= src_blocks * kBlock)
+    if (src < 0 || src >= src_blocks * src_lanes)
       return "address[" + std::to_string(r) + ", 0] = " + std::to_string(src) + " is not a channel of X (X stores " +
-             std::to_string(src_blocks * kBlock) + ")";
+             std::to_string(src_blocks * src_lanes) + ")";
     if (dy < -1 || dy > 1 || dx < -1 || dx > 1)
       return "address[" + std::to_string(r) + "] displaces by (" + std::to_string(dy) + ", " + std::to_string(dx) +
              "): the blocked layout's border holds displacements in [-1, 1] only";
@@ -409,15 +416,15 @@ void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedSt
                           float* y, const GemmIsa& isa, const ParallelFor& parallel_for) {
   const std::int64_t ho = ceil_div(s.height, stage.stride_h), wo = ceil_div(s.width, stage.stride_w);
   const std::int64_t mb = blocks_of(stage.out_channels);
-  const std::int64_t hp = s.height + 2, wp = s.width + 2, out_cell = (ho + 2) * (wo + 2) * kBlock;
+  const std::int64_t hp = s.height + 2, wp = s.width + 2, out_cell = (ho + 2) * (wo + 2) * kBlock, lanes = s.lanes;
   if (s.batch == 0 || mb == 0) return;
   if (ho == 0 || wo == 0) {
     zero(y, s.batch * mb * out_cell);
     return;
   }
-  const StageRows rows(stage, wo, hp * wp * kBlock, use_avx512(isa));
+  const StageRows rows(stage, wo, hp * wp * lanes, use_avx512(isa), lanes);
   const float* in[3];  // output row 0 of image 0 reads padded rows 0, 1, 2
-  for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * kBlock;
+  for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * lanes;
   const std::vector<const float*> src = rows.reads(in);
   if (weight_bytes(stage) > kChunkedWeightBytes) {
     // bands of at most kBandRows rows, and thinner where an image would otherwise make fewer than
@@ -437,16 +444,37 @@ void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedSt
       const std::int64_t at = ((i0 + 1) * (wo + 2) + 1) * kBlock;
       const OutPlane out{image + at, residual ? residual + n * mb * out_cell + at : nullptr, (wo + 2) * kBlock,
                          out_cell};
-      rows.run_plane(src, (n * s.src_blocks * hp + i0 * stage.stride_h) * wp * kBlock,
-                     stage.stride_h * wp * kBlock, i1 - i0, static_cast<std::size_t>(gi), out, kChunk);
+      rows.run_plane(src, (n * s.src_blocks * hp + i0 * stage.stride_h) * wp * lanes,
+                     stage.stride_h * wp * lanes, i1 - i0, static_cast<std::size_t>(gi), out, kChunk);
     });
     return;
   }
   parallel_for(static_cast<std::size_t>(s.batch * ho), [&](std::size_t item) {
     const std::int64_t i = static_cast<std::int64_t>(item) % ho, n = static_cast<std::int64_t>(item) / ho;
     OutRow out(y + n * mb * out_cell, residual ? residual + n * mb * out_cell : nullptr, mb, ho, wo, i);
-    rows.run(src, (n * s.src_blocks * hp + i * stage.stride_h) * wp * kBlock, out);
+    rows.run(src, (n * s.src_blocks * hp + i * stage.stride_h) * wp * lanes, out);
   });
+}
+
+void blocked_entry_conv(const float* x, std::int64_t batch, std::int64_t channels, std::int64_t height,
+                        std::int64_t width, const BlockedStage& conv, float* y, const GemmIsa& isa,
+                        const ParallelFor& parallel_for) {
+  const std::int64_t hp = height + 2, wp = width + 2;
+  AlignedVector<float> local;
+  float* xp = thread_scratch(static_cast<std::size_t>(batch * channels * hp * wp), local);
+  if (batch * channels > 0)
+    parallel_for(static_cast<std::size_t>(batch * channels), [&](std::size_t plane) {
+      float* out = xp + static_cast<std::int64_t>(plane) * hp * wp;
+      const float* in = x + static_cast<std::int64_t>(plane) * height * width;
+      zero(out, wp);
+      for (std::int64_t i = 0; i < height; ++i) {
+        float* row = out + (i + 1) * wp;
+        row[0] = row[width + 1] = 0.0f;
+        std::memcpy(row + 1, in + i * width, static_cast<std::size_t>(width) * sizeof(float));
+      }
+      zero(out + (hp - 1) * wp, wp);
+    });
+  blocked_address_conv({batch, channels, height, width, 1}, xp, conv, nullptr, y, isa, parallel_for);
 }
 
 void blocked_address_conv_pair(const BlockedInput& s, const float* x, const BlockedStage& first,
@@ -465,7 +493,7 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
   if (whole_first_conv(first, second, w1, w2)) {  // the first conv whole, then the second
     const std::int64_t mid_cell = (h1 + 2) * (w1 + 2) * kBlock;
     AlignedVector<float> local;
-    float* mid = mid_scratch(static_cast<std::size_t>(mb1 * mid_cell), local);
+    float* mid = thread_scratch(static_cast<std::size_t>(mb1 * mid_cell), local);
     for (std::int64_t n = 0; n < s.batch; ++n) {
       blocked_address_conv({1, s.src_blocks, s.height, s.width}, x + n * s.src_blocks * in_cell, first, nullptr, mid,
                            isa, parallel_for);

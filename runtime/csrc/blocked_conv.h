@@ -52,9 +52,10 @@ class BlockedWeights {
   std::int64_t k_ = 0;
 };
 
-// Empty when every row (src, dy, dx) of the [k, 3] table reads a channel of the src_blocks * 16
-// stored ones at a displacement within the border (|dy|, |dx| <= 1), else what is wrong.
-std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t k, std::int64_t src_blocks);
+// Empty when every row (src, dy, dx) of the [k, 3] table reads a channel of the src_blocks *
+// src_lanes stored ones at a displacement within the border (|dy|, |dx| <= 1), else what is wrong.
+std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t k, std::int64_t src_blocks,
+                                       std::int64_t src_lanes = kBlock);
 
 // How one blocked AddressConv walks an output row: channel groups x position runs of tiles, and
 // per input channel the source row (dy + 1) and the offset within it (src block * block stride +
@@ -66,11 +67,11 @@ struct BlockedRowPlan {
     int count;
   };
   BlockedRowPlan(std::int64_t out_channels, const std::int32_t* address, std::int64_t k, std::int64_t out_width,
-                 std::int64_t src_block_stride);
+                 std::int64_t src_block_stride, std::int64_t src_lanes);
   bool made_for(std::int64_t out_channels, const std::int32_t* address, std::int64_t k, std::int64_t out_width,
-                std::int64_t src_block_stride) const;
+                std::int64_t src_block_stride, std::int64_t src_lanes) const;
 
-  std::int64_t out_channels, out_width, src_block_stride;
+  std::int64_t out_channels, out_width, src_block_stride, src_lanes;
   std::vector<std::int32_t> address;
   std::vector<Span> groups, runs;
   std::vector<int> row_of;
@@ -82,7 +83,8 @@ struct BlockedRowPlan {
 class BlockedPlanCache {
  public:
   std::shared_ptr<const BlockedRowPlan> get(std::int64_t out_channels, const std::int32_t* address, std::int64_t k,
-                                            std::int64_t out_width, std::int64_t src_block_stride);
+                                            std::int64_t out_width, std::int64_t src_block_stride,
+                                            std::int64_t src_lanes);
 
  private:
   std::mutex mutex_;
@@ -100,9 +102,10 @@ struct BlockedStage {
   float lo, hi;
   BlockedPlanCache* plans = nullptr;
 };
-// A blocked input X: [batch, src_blocks, height + 2, width + 2, 16].
+// A blocked input X: [batch, src_blocks, height + 2, width + 2, lanes], border zero.  lanes is 16
+// but for an image read by an entry conv (BlockedEntryConv): 1, i.e. NCHW with a zero border.
 struct BlockedInput {
-  std::int64_t batch = 0, src_blocks = 0, height = 0, width = 0;
+  std::int64_t batch = 0, src_blocks = 0, height = 0, width = 0, lanes = kBlock;
 };
 
 // y = min(max(AddressConv(x) + bias + residual, lo), hi), all blocked, y
@@ -117,6 +120,14 @@ void blocked_address_conv(const BlockedInput& in, const float* x, const BlockedS
 void blocked_address_conv_pair(const BlockedInput& in, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
                                const ParallelFor& parallel_for);
+
+// y = min(max(AddressConv(x) + bias, lo), hi) blocked as above, from an NCHW x [N, C, H, W] whose
+// channels the address table reads: x is copied with a zero border into per-thread scratch (a
+// blocked tensor of lanes 1) instead of being blocked into 16-lane cells (a ShiftNet stem reads
+// 3 channels: 3 of 16 lanes).  Bit-identical to ToBlocked + blocked_address_conv().
+void blocked_entry_conv(const float* x, std::int64_t batch, std::int64_t channels, std::int64_t height,
+                        std::int64_t width, const BlockedStage& conv, float* y, const GemmIsa& isa,
+                        const ParallelFor& parallel_for);
 
 // ---- per-ISA inner loops (blocked_avx512.cc) ----
 

@@ -157,11 +157,12 @@ BlockedStageInputs::BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* i
   fixed_ = true;
 }
 
-BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run) {
+BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run,
+                                      std::int64_t src_lanes) {
   if (fixed_) {
     const std::int64_t k = constant_w_dims_[1];
     if (validated_blocks_.load() != src_blocks) {
-      fail_if(op_, validate_blocked_addresses(fixed_address_.data(), k, src_blocks));
+      fail_if(op_, validate_blocked_addresses(fixed_address_.data(), k, src_blocks, src_lanes));
       validated_blocks_.store(src_blocks);
     }
     return {&packed_, fixed_bias_.data(), fixed_address_.data(), constant_w_dims_[0], k, attrs_.stride_h,
@@ -174,7 +175,7 @@ BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_
   const std::int64_t k = wd[1];
   const std::int32_t* a = address.GetTensorData<std::int32_t>();
   if (!constant_address_ || validated_blocks_.load() != src_blocks) {
-    fail_if(op_, validate_blocked_addresses(a, k, src_blocks));
+    fail_if(op_, validate_blocked_addresses(a, k, src_blocks, src_lanes));
     if (constant_address_) validated_blocks_.store(src_blocks);
   }
   run.bias = padded_bias(b, wd[0]);
@@ -186,13 +187,27 @@ BlockedStage BlockedStageInputs::read(Ort::KernelContext& ctx, std::int64_t src_
   return {weights, run.bias.data(), a, wd[0], k, attrs_.stride_h, attrs_.stride_w, clip_min_, clip_max_, &plans_};
 }
 
-BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info)
-    : api_(api), isa_(gemm_isa()),
-      conv_(api, info, kBlockedAddressConv, "", address_conv_in::kW, address_conv_in::kB, address_conv_in::kAddress) {}
+BlockedAddressConvKernel::BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info, bool entry)
+    : api_(api), isa_(gemm_isa()), entry_(entry),
+      conv_(api, info, entry ? kBlockedEntryConv : kBlockedAddressConv, "", address_conv_in::kW, address_conv_in::kB,
+            address_conv_in::kAddress) {}
 
 void BlockedAddressConvKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const Ort::ConstValue x = ctx.GetInput(address_conv_in::kX);
+  if (entry_) {
+    if (!x) fail_if(kBlockedEntryConv, "input X is required");
+    const std::vector<std::int64_t> xd = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (xd.size() != 4) fail_if(kBlockedEntryConv, "X must be NCHW [N, C, H, W], got " + dims_str(xd));
+    BlockedStageInputs::Run run;
+    // the channels of X are the stored "blocks" of one lane each (blocked_entry_conv())
+    const BlockedStage st = conv_.read(ctx, xd[1], run, 1);
+    Ort::UnownedValue y = ctx.GetOutput(0, {xd[0], blocks_of(st.out_channels), ceil_div(xd[2], st.stride_h) + 2,
+                                            ceil_div(xd[3], st.stride_w) + 2, kBlock});
+    blocked_entry_conv(x.GetTensorData<float>(), xd[0], xd[1], xd[2], xd[3], st, y.GetTensorMutableData<float>(),
+                       isa_, ort_parallel_for(ctx));
+    return;
+  }
   const std::vector<std::int64_t> xd = checked_x(x, kBlockedAddressConv);
   BlockedStageInputs::Run run;
   const BlockedStage st = conv_.read(ctx, xd[1], run);
@@ -223,6 +238,21 @@ ONNXTensorElementDataType BlockedAddressConvOp::GetInputType(std::size_t index) 
 OrtCustomOpInputOutputCharacteristic BlockedAddressConvOp::GetInputCharacteristic(std::size_t index) const {
   return index == address_conv_in::kB || index == address_conv_in::kResidual ? INPUT_OUTPUT_OPTIONAL
                                                                             : INPUT_OUTPUT_REQUIRED;
+}
+
+OrtStatusPtr BlockedEntryConvOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+  return cpu_status(api, false, [&] { *kernel = new BlockedAddressConvKernel(api, info, true); });
+}
+
+const char* BlockedEntryConvOp::GetName() const { return kBlockedEntryConv; }
+
+ONNXTensorElementDataType BlockedEntryConvOp::GetInputType(std::size_t index) const {
+  return index == address_conv_in::kAddress ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
+                                            : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+OrtCustomOpInputOutputCharacteristic BlockedEntryConvOp::GetInputCharacteristic(std::size_t index) const {
+  return index == address_conv_in::kB ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 
 namespace pair_in {

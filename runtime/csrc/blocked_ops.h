@@ -86,8 +86,9 @@ class BlockedStageInputs {
 
   BlockedStageInputs(const OrtApi& api, const OrtKernelInfo* info, const char* op, const std::string& prefix,
                      std::size_t w, std::size_t b, std::size_t address);
-  // This run's stage reading a source of `src_blocks` stored blocks (checks shapes and addresses).
-  BlockedStage read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run);
+  // This run's stage reading a source of `src_blocks` stored blocks of `src_lanes` channels (checks
+  // shapes and addresses).
+  BlockedStage read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run, std::int64_t src_lanes = kBlock);
 
  private:
   const char* op_;
@@ -110,9 +111,11 @@ class BlockedStageInputs {
 // Inputs: Xb [N, Cb, H + 2, W + 2, 16], W [Cout, K, 1, 1], optional B [Cout], address [K, 3] int32,
 // optional residual (the output's shape).  Attributes strides, clip_min, clip_max as AddressConv.
 // Output [N, ceil(Cout/16), Ho + 2, Wo + 2, 16], Ho = ceil(H / sh), Wo = ceil(W / sw).
+// BlockedEntryConv (`entry`): ToBlocked + BlockedAddressConv in one (blocked_entry_conv()): X is
+// NCHW [N, C, H, W], the address table reads its channels; no residual.
 class BlockedAddressConvKernel {
  public:
-  BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info);
+  BlockedAddressConvKernel(const OrtApi& api, const OrtKernelInfo* info, bool entry = false);
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
@@ -120,6 +123,7 @@ class BlockedAddressConvKernel {
 
   const OrtApi& api_;
   const GemmIsa& isa_;
+  const bool entry_;
   BlockedStageInputs conv_;
 };
 
@@ -153,6 +157,14 @@ struct BlockedAddressConvPairOp : FloatOutputOp<BlockedAddressConvPairOp, Blocke
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const;
   std::size_t GetInputTypeCount() const { return 8; }
+  ONNXTensorElementDataType GetInputType(std::size_t index) const;
+};
+
+struct BlockedEntryConvOp : FloatOutputOp<BlockedEntryConvOp, BlockedAddressConvKernel> {
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t index) const;
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+  const char* GetName() const;
+  std::size_t GetInputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetInputType(std::size_t index) const;
 };
 

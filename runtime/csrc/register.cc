@@ -53,6 +53,11 @@ onnxopt::BlockedGlobalAveragePoolOp& blocked_global_average_pool_op() {
   return op;
 }
 
+onnxopt::BlockedEntryConvOp& blocked_entry_conv_op() {
+  static onnxopt::BlockedEntryConvOp op;
+  return op;
+}
+
 #ifdef ONNXOPT_WITH_CUDA
 // The CUDA variants: same domain and names, GetExecutionProviderType() = CUDAExecutionProvider, so
 // onnxruntime picks them for nodes it places on the CUDA provider and the CPU ones elsewhere.
@@ -88,6 +93,7 @@ ONNXOPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_address_conv_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_address_conv_pair_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_global_average_pool_op())) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &blocked_entry_conv_op())) return st;
 #ifdef ONNXOPT_WITH_CUDA
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &address_conv_cuda_op())) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &perforated_conv_cuda_op())) return st;
@@ -110,7 +116,7 @@ ONNXOPT_EXPORT const char* onnxopt_ops_info() {
                                   ";ops=" + onnxopt::kAddressConv + "," + onnxopt::kPerforatedConv + "," +
                                   onnxopt::kToBlocked + "," + onnxopt::kFromBlocked + "," +
                                   onnxopt::kBlockedAddressConv + "," + onnxopt::kBlockedAddressConvPair + "," +
-                                  onnxopt::kBlockedGlobalAveragePool +
+                                  onnxopt::kBlockedGlobalAveragePool + "," + onnxopt::kBlockedEntryConv +
                                   ";gemm=" + onnxopt::gemm_isa().name + ";cuda=" + kCudaInfo;
   return info.c_str();
 }
