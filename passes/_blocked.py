@@ -17,7 +17,7 @@ is converted only when it has at least ``MIN_NODES`` nodes and at most one conve
 (a ShuffleNetV2's AddressConvs, separated by depthwise convs, stay in NCHW).
 
 Then, around and inside the set: a small "same" Conv (+ Relu) whose result only enters the layout
-joins it as a BlockedAddressConv (:func:`absorb_entry_convs`), FromBlocked -> GlobalAveragePool
+becomes a BlockedEntryConv reading the NCHW input (:func:`absorb_entry_convs`), FromBlocked -> GlobalAveragePool
 becomes one BlockedGlobalAveragePool (:func:`pool_exits`), and two BlockedAddressConvs where the
 first's result only feeds the second become one BlockedAddressConvPair (:func:`pair_convs`).
 """

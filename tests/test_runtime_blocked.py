@@ -83,8 +83,8 @@ def case(rng, n, csrc, cin, cout, h, w, bias=True):
 # rows of 1..33 positions (every tile width and tail), strides 1..3, H != W, batch > 1.  The last
 # three have more than 64 KiB of weights: they run group by group over bands of rows (at most 8,
 # thinner where an image has few channel groups) with the input channels in chunks of 128 (partial
-# sums through the output): 2 chunks over several groups and bands of rows, then twice 3 chunks in
-# one group (at most 4 channel blocks) over 5 bands of one row.
+# sums through the output): 2 chunks over several groups and bands of up to 8 rows, then 3 chunks
+# over bands of one row (a single channel group) and of two rows (two groups).
 CASES = [
     (1, 32, 96, 32, 8, 8, 1), (2, 16, 16, 16, 5, 7, 1), (1, 20, 24, 40, 9, 13, 1), (1, 96, 96, 32, 32, 32, 1),
     (3, 7, 5, 3, 4, 6, 2), (1, 48, 48, 100, 6, 33, 1), (1, 64, 64, 192, 7, 7, 1), (2, 24, 40, 17, 11, 10, 2),
@@ -198,6 +198,19 @@ def test_entry_conv_is_to_blocked_and_the_blocked_conv(shape):
         ref = address_conv_ref(x, weight, b, address, strides=(s, s), clip_min=clip[0] if clip else -np.inf,
                                clip_max=clip[1] if clip else np.inf).astype(np.float32)
         np.testing.assert_allclose(want, blocked(ref), rtol=1e-4, atol=1e-4)
+
+
+@needs_lib
+def test_entry_conv_after_a_larger_image():
+    """The padded copy of the image lives in per-thread scratch kept between runs: after a larger
+    image has filled it, a smaller one must still read zeros around itself."""
+    for shape in ((2, 5, 12, 40, 9, 33, 1), (1, 3, 27, 32, 8, 8, 1)):
+        n, c, k, cout, h, w, s = shape
+        x, weight, b, address = case(np.random.default_rng(sum(shape)), n, c, k, cout, h, w)
+        x = x + 100.0  # a border read as the previous image's values would be far off
+        want = run(chain_model(x.shape, weight, b, address, (s, s), raw=True), {"X": x})
+        np.testing.assert_array_equal(run(chain_model(x.shape, weight, b, address, (s, s), raw=True, entry=True),
+                                          {"X": x}), want)
 
 
 @needs_lib

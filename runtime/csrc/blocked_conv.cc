@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <utility>
 
 namespace onnxopt {
@@ -37,15 +38,39 @@ void portable_tile(const BlockedTile& t, int r_count, int f_count) {
   }
 }
 
+// Uninitialised floats on a cache line (a scratch's users write all of it before they read it).
+class ScratchBuffer {
+ public:
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { release(); }
+  float* at_least(std::size_t floats) {
+    if (size_ < floats) {
+      release();
+      data_ = static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t(64)));
+      size_ = floats;
+    }
+    return data_;
+  }
+
+ private:
+  void release() {
+    if (data_) ::operator delete(data_, std::align_val_t(64));
+    data_ = nullptr;
+    size_ = 0;
+  }
+  float* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
 // The calling thread's scratch (a pair's first conv computed whole, an entry conv's padded image):
 // kept between runs for the same reason as the ring up to 16 MiB, larger ones (big maps) in
 // `local`, for this run.  One user at a time per thread (the ops that use it do not nest).
-float* thread_scratch(std::size_t floats, AlignedVector<float>& local) {
+float* thread_scratch(std::size_t floats, ScratchBuffer& local) {
   constexpr std::size_t kKeptFloats = std::size_t{4} << 20;
-  thread_local AlignedVector<float> kept;
-  AlignedVector<float>& mid = floats <= kKeptFloats ? kept : local;
-  if (mid.size() < floats) mid = AlignedVector<float>(floats);
-  return mid.data();
+  thread_local ScratchBuffer kept;
+  return (floats <= kKeptFloats ? kept : local).at_least(floats);
 }
 
 using Span = BlockedRowPlan::Span;
@@ -155,7 +180,8 @@ std::int64_t weight_bytes(const BlockedStage& st) {
 // Whether a pair computes its first conv over the whole image, then the second, rather than row by
 // row through the ring.  By rows, each output row reads the first conv's weights once per inner row
 // it needs (the second conv's row stride) and the second's once; past L1 they come from L2, at
-// `intensity` FLOPs per byte, which is about half the output row width.  Measured one thread, C++
+// `intensity` FLOPs per byte (w/2 for an unstrided second conv, w its output row width; strides are
+// counted).  Measured one thread, C++
 // loop, ring vs whole (us): 128 -> 384 -> 128 @8 105 vs 75 (intensity 4), 256 -> 768 -> 256 @7
 // 270 vs 248 (3.5), @12 181 vs 181 (6), 128 -> 384 -> 128 @16 313 vs 311 (8), @28 921 vs 956 (14),
 // 64 -> 192 -> 64 @56 962 vs 1172 (28); past 1 MiB the two convs' weights and the data do not fit
@@ -427,17 +453,17 @@ void blocked_address_conv(const BlockedInput& s, const float* x, const BlockedSt
   for (int d = 0; d < 3; ++d) in[d] = x + (d * wp + 1) * lanes;
   const std::vector<const float*> src = rows.reads(in);
   if (weight_bytes(stage) > kChunkedWeightBytes) {
-    // bands of at most kBandRows rows, and thinner where an image would otherwise make fewer than
-    // kMinItems work items (one group, few rows: the row order had a work item per row)
+    // bands of at most kBandRows rows, thinner (down to one row) where an image would otherwise
+    // make fewer than kMinItems work items (one group, few rows: the row order had one per row)
     const std::int64_t ng = static_cast<std::int64_t>(rows.groups());
-    const std::int64_t nbands = std::min(ho, std::max(ceil_div(ho, kBandRows), ceil_div(kMinItems, ng)));
-    const std::int64_t band_rows = ceil_div(ho, nbands);
+    const std::int64_t band_rows =
+        ceil_div(ho, std::min(ho, std::max(ceil_div(ho, kBandRows), ceil_div(kMinItems, ng))));
+    const std::int64_t nbands = ceil_div(ho, band_rows);
     parallel_for(static_cast<std::size_t>(s.batch * ng * nbands), [&](std::size_t item) {
       const std::int64_t band = static_cast<std::int64_t>(item) % nbands;
       const std::int64_t gi = static_cast<std::int64_t>(item) / nbands % ng;
       const std::int64_t n = static_cast<std::int64_t>(item) / nbands / ng;
-      const std::int64_t i0 = std::min(ho, band * band_rows), i1 = std::min(ho, i0 + band_rows);
-      if (i0 == i1) return;
+      const std::int64_t i0 = band * band_rows, i1 = std::min(ho, i0 + band_rows);
       float* image = y + n * mb * out_cell;
       const Span& g = rows.group(static_cast<std::size_t>(gi));
       zero_border(image, g.first, g.count, ho, wo, i0, i1);
@@ -460,7 +486,7 @@ void blocked_entry_conv(const float* x, std::int64_t batch, std::int64_t channel
                         std::int64_t width, const BlockedStage& conv, float* y, const GemmIsa& isa,
                         const ParallelFor& parallel_for) {
   const std::int64_t hp = height + 2, wp = width + 2;
-  AlignedVector<float> local;
+  ScratchBuffer local;
   float* xp = thread_scratch(static_cast<std::size_t>(batch * channels * hp * wp), local);
   if (batch * channels > 0)
     parallel_for(static_cast<std::size_t>(batch * channels), [&](std::size_t plane) {
@@ -492,7 +518,7 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
   }
   if (whole_first_conv(first, second, w1, w2)) {  // the first conv whole, then the second
     const std::int64_t mid_cell = (h1 + 2) * (w1 + 2) * kBlock;
-    AlignedVector<float> local;
+    ScratchBuffer local;
     float* mid = thread_scratch(static_cast<std::size_t>(mb1 * mid_cell), local);
     for (std::int64_t n = 0; n < s.batch; ++n) {
       blocked_address_conv({1, s.src_blocks, s.height, s.width}, x + n * s.src_blocks * in_cell, first, nullptr, mid,

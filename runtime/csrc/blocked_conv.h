@@ -58,8 +58,8 @@ std::string validate_blocked_addresses(const std::int32_t* address, std::int64_t
                                        std::int64_t src_lanes = kBlock);
 
 // How one blocked AddressConv walks an output row: channel groups x position runs of tiles, and
-// per input channel the source row (dy + 1) and the offset within it (src block * block stride +
-// dx * 16 + lane) that it reads.  It depends on the shapes and the address table only, so kernels
+// per input channel the source row (dy + 1) and the offset within it (src / lanes * block stride
+// + dx * lanes + src % lanes, lanes = src_lanes floats per cell) that it reads.  It depends on the shapes and the address table only, so kernels
 // keep the last one (BlockedPlanCache).
 struct BlockedRowPlan {
   struct Span {
@@ -114,9 +114,11 @@ struct BlockedInput {
 void blocked_address_conv(const BlockedInput& in, const float* x, const BlockedStage& conv, const float* residual,
                           float* y, const GemmIsa& isa, const ParallelFor& parallel_for);
 
-// y = second(first(x)) (+ residual, inside second's clip), both blocked AddressConvs as above,
-// without storing first's output: it lives in a ring of three rows per thread, each row computed
-// once.  Bit-identical to the two convs one after the other.
+// y = second(first(x)) (+ residual, inside second's clip), both blocked AddressConvs as above.
+// first's output lives in a ring of three rows per thread, each row computed once; where reading
+// both convs' weights once per output row costs more (large weights, short rows: see
+// whole_first_conv() in blocked_conv.cc) it is computed over the whole image into per-thread
+// scratch first.  Bit-identical to the two convs one after the other either way.
 void blocked_address_conv_pair(const BlockedInput& in, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
                                const ParallelFor& parallel_for);
@@ -136,10 +138,10 @@ struct BlockedTile {
   int k;
   const float* const* src;     // per input channel: its read for the row's output position 0
   std::int64_t first;          // floats from those reads to the tile's first position's
-  std::int64_t pos_stride;     // floats between consecutive positions' reads (16 * stride_w)
+  std::int64_t pos_stride;     // floats between consecutive positions' reads (lanes * stride_w)
   const float* w;              // F blocks of [k][16], w_stride apart
   std::int64_t w_stride;
-  const float* bias;           // F * 16
+  const float* bias;           // F * 16, or null: start from the partial sums in out (K chunks)
   const float* residual;       // like out, or null
   float* out;                  // the tile's first output position, block 0
   std::int64_t out_stride;     // floats between output channel blocks
