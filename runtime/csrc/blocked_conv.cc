@@ -249,7 +249,7 @@ class StageRows {
     t.pos_stride = pos_stride_;
     t.w_stride = st_.weights->stride();
     t.out_stride = out.block;
-    for (std::int64_t k0 = 0; k0 < st_.k; k0 += chunk) {
+    for (std::int64_t k0 = 0; k0 == 0 || k0 < st_.k; k0 += chunk) {  // once at least: K = 0 gives the bias
       const std::int64_t kn = std::min(chunk, st_.k - k0);
       const bool first = k0 == 0, last = k0 + kn == st_.k;
       t.k = static_cast<int>(kn);
@@ -277,31 +277,10 @@ class StageRows {
   std::size_t groups() const { return plan_->groups.size(); }
   const Span& group(std::size_t gi) const { return plan_->groups[gi]; }
 
+  // One output row: every group, all input channels at once (one chunk).
   void run(const std::vector<const float*>& src, std::int64_t offset, const OutRow& out) const {
-    const std::int64_t mb = blocks_of(st_.out_channels);
-    BlockedTile t;
-    t.k = static_cast<int>(st_.k);
-    t.src = src.data();
-    t.pos_stride = pos_stride_;
-    t.w_stride = st_.weights->stride();
-    t.out_stride = out.stride;
-    t.lo = st_.lo;
-    t.hi = st_.hi;
-    for (const Span& g : plan_->groups) {
-      t.w = st_.weights->block(g.first);
-      t.bias = st_.bias_padded + g.first * kBlock;
-      t.last_lanes = g.first + g.count == mb ? plan_->tail_lanes : 0xFFFF;
-      for (const Span& run : plan_->runs) {
-        const std::int64_t at = run.first * kBlock + g.first * out.stride;
-        t.first = offset + run.first * t.pos_stride;
-        t.out = out.out + at;
-        t.residual = out.residual ? out.residual + at : nullptr;
-        if (avx512_)
-          blocked_tile_avx512(run.count, g.count)(t);
-        else
-          portable_tile(t, run.count, g.count);
-      }
-    }
+    const OutPlane plane{out.out, out.residual, 0, out.stride};
+    for (std::size_t gi = 0; gi < plan_->groups.size(); ++gi) run_plane(src, offset, 0, 1, gi, plane, std::max<std::int64_t>(st_.k, 1));
   }
 
  private:
