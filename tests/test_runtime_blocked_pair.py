@@ -119,3 +119,82 @@ def test_pair_rejects_an_address_past_the_inner_channels():
     (pair, _) = pair_models((1, 16, 4, 4), first, second, {}, {})
     with pytest.raises(Exception, match=r"BlockedAddressConvPair: address\[3, 0\] = 32 is not a channel"):
         run(pair, {"X": np.zeros((1, 16, 4, 4), np.float32)})
+
+
+# A strided second conv reads its input channel k at one residue class of the first conv's
+# positions only ((dy mod sh, dx mod sw)); the pair then computes the first conv per class at those
+# positions (blocked_polyphase.h).  Cases: (N, C, mid, Cout, H, W, first stride, second strides,
+# first conv's displacement, second conv's table, residual).  Tables: "shift" (ShiftNet's nine
+# groups), "random" (any channel, any displacement), "twice" (every channel read in two classes),
+# "padding" (one read of a padding channel of the first: the plan does not apply).  The first
+# conv's displacement plus its stride times the class offset must stay within [-1, 1] (stride 3
+# classes 0..2 with displacement -1 do, a first stride 2 with displacement -1 does; 0 does not and
+# falls back), the image must divide into the strides (9 x 13 at stride 2 falls back), and the
+# classes must halve the first conv's work ("twice" at strides (1, 2) does not and falls back).
+POLYPHASE_CASES = [
+    (1, 32, 96, 64, 32, 32, 1, (2, 2), 0, "shift", False),
+    (2, 20, 45, 24, 8, 12, 1, (2, 2), 0, "shift", True),
+    (1, 16, 40, 16, 6, 9, 1, (3, 3), -1, "random", True),
+    (1, 16, 40, 24, 8, 6, 1, (2, 1), 0, "random", False),
+    (1, 16, 33, 16, 10, 4, 1, (1, 2), 0, "twice", True),
+    (1, 16, 48, 32, 16, 16, 2, (2, 2), -1, "shift", True),
+    (1, 16, 48, 32, 16, 16, 2, (2, 2), 0, "shift", True),
+    (1, 24, 40, 16, 9, 13, 1, (2, 2), 0, "shift", True),
+    (1, 16, 40, 16, 8, 8, 1, (2, 2), 0, "padding", False),
+    # past 64 KiB of weights: the per-class convs and the second run in chunks of input channels
+    (1, 128, 384, 256, 8, 8, 1, (2, 2), 0, "shift", True),
+]
+
+
+def _polyphase_case(shape, seed=3):
+    n, c, mid, cout, h, w, s1, (sh, sw), d1, table, residual = shape
+    rng = np.random.default_rng(seed)
+    k1 = c + 3
+    first = (rng.standard_normal((mid, k1, 1, 1)).astype(np.float32), rng.standard_normal(mid).astype(np.float32),
+             np.stack([rng.integers(0, c, k1), np.full(k1, d1), np.full(k1, d1)], axis=1).astype(np.int32))
+    src, k2 = np.arange(mid), mid
+    if table == "shift":
+        group = np.minimum(8, src * 9 // mid)
+        dy, dx = group // 3 - 1, group % 3 - 1
+    else:
+        if table == "random":
+            src = rng.integers(0, mid, mid)
+        elif table == "twice":
+            src, k2 = np.concatenate([src, src]), 2 * mid
+        dy, dx = rng.integers(-1, 2, k2), rng.integers(-1, 2, k2)
+        if table == "padding":
+            src[5] = mid + 1
+    second = (rng.standard_normal((cout, k2, 1, 1)).astype(np.float32), rng.standard_normal(cout).astype(np.float32),
+              np.stack([src, dy, dx], axis=1).astype(np.int32))
+    h1, w1 = -(-h // s1), -(-w // s1)
+    ho, wo = -(-h1 // sh), -(-w1 // sw)
+    first_attrs = {"strides": [s1, s1], "clip_min": 0.25}
+    attrs = {"strides": [sh, sw], "clip_min": -0.5, "clip_max": 2.0}
+    feeds = {"X": rng.standard_normal((n, c, h, w)).astype(np.float32)}
+    if residual:
+        feeds["R"] = rng.standard_normal((n, cout, ho, wo)).astype(np.float32)
+    models = pair_models((n, c, h, w), first, second, first_attrs, attrs, (n, cout, ho, wo) if residual else None)
+    return models, feeds
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", POLYPHASE_CASES)
+def test_strided_pair_is_the_two_convs_bit_for_bit(shape):
+    (pair, chain), feeds = _polyphase_case(shape)
+    want = run(chain, feeds)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(run(pair, feeds, threads=threads), want)
+
+
+@needs_lib
+def test_strided_pair_with_weights_given_per_run():
+    """W1 a graph input, not an initializer: the plan is made for each run, from that run's W1."""
+    (pair, chain), feeds = _polyphase_case(POLYPHASE_CASES[1])
+    for model in (pair, chain):
+        w1 = next(i for i in model.graph.initializer if i.name == "W1")
+        model.graph.input.append(helper.make_tensor_value_info("W1", TensorProto.FLOAT, list(w1.dims)))
+        model.graph.initializer.remove(w1)
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        feeds["W1"] = rng.standard_normal(tuple(w1.dims)).astype(np.float32)
+        np.testing.assert_array_equal(run(pair, feeds), run(chain, feeds))

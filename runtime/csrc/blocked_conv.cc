@@ -1,5 +1,7 @@
 #include "blocked_conv.h"
 
+#include "blocked_polyphase.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -484,7 +486,7 @@ void blocked_entry_conv(const float* x, std::int64_t batch, std::int64_t channel
 
 void blocked_address_conv_pair(const BlockedInput& s, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
-                               const ParallelFor& parallel_for) {
+                               const ParallelFor& parallel_for, PolyphaseCache* polyphase) {
   const std::int64_t h1 = ceil_div(s.height, first.stride_h), w1 = ceil_div(s.width, first.stride_w);
   const std::int64_t h2 = ceil_div(h1, second.stride_h), w2 = ceil_div(w1, second.stride_w);
   const std::int64_t mb1 = blocks_of(first.out_channels), mb2 = blocks_of(second.out_channels);
@@ -493,6 +495,16 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
   if (s.batch == 0 || mb2 == 0) return;
   if (h2 == 0 || w2 == 0) {
     zero(y, s.batch * mb2 * out_cell);
+    return;
+  }
+  const std::shared_ptr<const PolyphasePlan> plan =
+      polyphase ? polyphase->get(first, second) : PolyphasePlan::make(first, second);
+  if (plan && plan->fits(s)) {  // the first conv where the second reads it only
+    ScratchBuffer local;
+    float* phase = thread_scratch(plan->phase_floats(s), local);
+    for (std::int64_t n = 0; n < s.batch; ++n)
+      plan->run({1, s.src_blocks, s.height, s.width}, x + n * s.src_blocks * in_cell, first, second,
+                residual ? residual + n * mb2 * out_cell : nullptr, phase, y + n * mb2 * out_cell, isa, parallel_for);
     return;
   }
   if (whole_first_conv(first, second, w1, w2)) {  // the first conv whole, then the second

@@ -114,14 +114,18 @@ struct BlockedInput {
 void blocked_address_conv(const BlockedInput& in, const float* x, const BlockedStage& conv, const float* residual,
                           float* y, const GemmIsa& isa, const ParallelFor& parallel_for);
 
+class PolyphaseCache;
+
 // y = second(first(x)) (+ residual, inside second's clip), both blocked AddressConvs as above.
 // first's output lives in a ring of three rows per thread, each row computed once; where reading
 // both convs' weights once per output row costs more (large weights, short rows: see
 // whole_first_conv() in blocked_conv.cc) it is computed over the whole image into per-thread
-// scratch first.  Bit-identical to the two convs one after the other either way.
+// scratch first; where second is strided, only at the positions second reads (a PolyphasePlan,
+// blocked_polyphase.h: kept in `polyphase` when given, which the caller passes only for constant
+// stages, else made for this call).  Bit-identical to the two convs one after the other each way.
 void blocked_address_conv_pair(const BlockedInput& in, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
-                               const ParallelFor& parallel_for);
+                               const ParallelFor& parallel_for, PolyphaseCache* polyphase = nullptr);
 
 // y = min(max(AddressConv(x) + bias, lo), hi) blocked as above, from an NCHW x [N, C, H, W] whose
 // channels the address table reads: x is copied with a zero border into per-thread scratch (a

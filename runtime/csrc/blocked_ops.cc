@@ -278,7 +278,7 @@ void BlockedAddressConvPairKernel::Compute(OrtKernelContext* context) {
   const float* residual = residual_input(ctx, pair_in::kResidual, yd, kBlockedAddressConvPair);
   Ort::UnownedValue y = ctx.GetOutput(0, yd);
   blocked_address_conv_pair(s, x.GetTensorData<float>(), a, b, residual, y.GetTensorMutableData<float>(), isa_,
-                            ort_parallel_for(ctx));
+                            ort_parallel_for(ctx), first_.fixed() && second_.fixed() ? &polyphase_ : nullptr);
 }
 
 OrtStatusPtr BlockedAddressConvPairKernel::ComputeV2(OrtKernelContext* context) {

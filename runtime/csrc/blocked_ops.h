@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "blocked_conv.h"
+#include "blocked_polyphase.h"
 #include "op_attrs.h"
 
 namespace onnxopt {
@@ -89,6 +90,8 @@ class BlockedStageInputs {
   // This run's stage reading a source of `src_blocks` stored blocks of `src_lanes` channels (checks
   // shapes and addresses).
   BlockedStage read(Ort::KernelContext& ctx, std::int64_t src_blocks, Run& run, std::int64_t src_lanes = kBlock);
+  // W, B and address constant: read() returns the same stage every run.
+  bool fixed() const { return fixed_; }
 
  private:
   const char* op_;
@@ -150,6 +153,7 @@ class BlockedAddressConvPairKernel {
   const OrtApi& api_;
   const GemmIsa& isa_;
   BlockedStageInputs first_, second_;
+  PolyphaseCache polyphase_;  // used when both stages are constant
 };
 
 struct BlockedAddressConvPairOp : FloatOutputOp<BlockedAddressConvPairOp, BlockedAddressConvPairKernel> {
