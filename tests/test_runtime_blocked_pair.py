@@ -188,7 +188,8 @@ def test_strided_pair_is_the_two_convs_bit_for_bit(shape):
 
 @needs_lib
 def test_strided_pair_with_weights_given_per_run():
-    """W1 a graph input, not an initializer: the plan is made for each run, from that run's W1."""
+    """W1 a graph input, not an initializer: no plan is kept (the pair runs by rows), and each run
+    uses that run's W1."""
     (pair, chain), feeds = _polyphase_case(POLYPHASE_CASES[1])
     for model in (pair, chain):
         w1 = next(i for i in model.graph.initializer if i.name == "W1")

@@ -497,8 +497,7 @@ void blocked_address_conv_pair(const BlockedInput& s, const float* x, const Bloc
     zero(y, s.batch * mb2 * out_cell);
     return;
   }
-  const std::shared_ptr<const PolyphasePlan> plan =
-      polyphase ? polyphase->get(first, second) : PolyphasePlan::make(first, second);
+  const std::shared_ptr<const PolyphasePlan> plan = polyphase ? polyphase->get(first, second) : nullptr;
   if (plan && plan->fits(s)) {  // the first conv where the second reads it only
     ScratchBuffer local;
     float* phase = thread_scratch(plan->phase_floats(s), local);

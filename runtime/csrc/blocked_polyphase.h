@@ -58,7 +58,9 @@ class PolyphasePlan {
 };
 
 // The plan of a pair whose stages are constant (the kernel passes one only then): made on first
-// use, then kept, the null "does not apply" included.
+// use, then kept, the null "does not apply" included.  (Made per run instead, with its fresh
+// weight copies and row plans, a 32 -> 96 -> 64 @32 pair took 54 us against 36 with a kept plan
+// and 59 by rows.)
 class PolyphaseCache {
  public:
   std::shared_ptr<const PolyphasePlan> get(const BlockedStage& first, const BlockedStage& second);
