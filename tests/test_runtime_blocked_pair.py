@@ -1,18 +1,23 @@
 """BlockedAddressConvPair: two blocked AddressConvs in one op (the inner result lives in a ring of
-rows, or in a whole image where the two convs' weights are large). Checked bit for bit against the same two convs as BlockedAddressConv nodes, raw blocked
-output included (border and padding lanes), at 1 and 2 threads, and against its ONNX-function
-fallback."""
+rows, in a whole image where the two convs' weights are large, or, where the second is strided,
+per residue class of the positions it reads).  Checked bit for bit against the same two convs as
+BlockedAddressConv nodes, raw blocked output included (border and padding lanes), at 1 and 2
+threads, and against its ONNX-function fallback."""
 from __future__ import annotations
+
+import ctypes
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxopt.runtime import ops
+from onnxopt.ir import fit_ir_version
+from onnxopt.runtime import ops, session
 from onnxopt.runtime.functions import add_functions
 
-from test_runtime_blocked import needs_lib, run
+from test_runtime_blocked import LIB, needs_lib, run
 
 
 def _conv(rng, csrc, k, cout, max_d=1):
@@ -137,11 +142,9 @@ def test_pair_rejects_an_address_past_the_inner_channels():
 # positions (blocked_polyphase.h).  Cases: (N, C, mid, Cout, H, W, first stride, second strides,
 # first conv's displacement, second conv's table, residual).  Tables: "shift" (ShiftNet's nine
 # groups), "random" (any channel, any displacement), "twice" (every channel read in two classes),
-# "padding" (one read of a padding channel of the first: the plan does not apply).  The first
-# conv's displacement plus its stride times the class offset must stay within [-1, 1] (stride 3
-# classes 0..2 with displacement -1 do, a first stride 2 with displacement -1 does; 0 does not and
-# falls back), the image must divide into the strides (9 x 13 at stride 2 falls back), and the
-# classes must halve the first conv's work ("twice" at strides (1, 2) does not and falls back).
+# "padding" (one read of a padding channel of the first: the plan does not apply).  The image must
+# divide into the strides (9 x 13 at stride 2 falls back to rows), and the classes must halve the
+# first conv's work ("twice" at strides (1, 2) does not and falls back).
 POLYPHASE_CASES = [
     (1, 32, 96, 64, 32, 32, 1, (2, 2), 0, "shift", False),
     (2, 20, 45, 24, 8, 12, 1, (2, 2), 0, "shift", True),
@@ -150,6 +153,10 @@ POLYPHASE_CASES = [
     (1, 16, 33, 16, 10, 4, 1, (1, 2), 0, "twice", True),
     (1, 16, 48, 32, 16, 16, 2, (2, 2), -1, "shift", True),
     (1, 16, 48, 32, 16, 16, 2, (2, 2), 0, "shift", True),
+    (1, 16, 48, 32, 16, 16, 2, (2, 2), 1, "shift", False),
+    (1, 16, 40, 16, 12, 18, 3, (2, 2), 1, "random", True),
+    (1, 16, 40, 16, 16, 20, 1, (4, 5), 1, "random", True),
+    (1, 16, 40, 16, 12, 7, 1, (3, 1), 0, "shift", False),
     (1, 24, 40, 16, 9, 13, 1, (2, 2), 0, "shift", True),
     (1, 16, 40, 16, 8, 8, 1, (2, 2), 0, "padding", False),
     # past 64 KiB of weights: the per-class convs and the second run in chunks of input channels
@@ -157,9 +164,9 @@ POLYPHASE_CASES = [
 ]
 
 
-def _polyphase_case(shape, seed=3):
-    n, c, mid, cout, h, w, s1, (sh, sw), d1, table, residual = shape
-    rng = np.random.default_rng(seed)
+def _polyphase_tables(shape, rng):
+    """The first and second convs (weights, bias, address table) of a POLYPHASE_CASES entry."""
+    _, c, mid, cout, _, _, _, _, d1, table, _ = shape
     k1 = c + 3
     first = (rng.standard_normal((mid, k1, 1, 1)).astype(np.float32), rng.standard_normal(mid).astype(np.float32),
              np.stack([rng.integers(0, c, k1), np.full(k1, d1), np.full(k1, d1)], axis=1).astype(np.int32))
@@ -177,6 +184,13 @@ def _polyphase_case(shape, seed=3):
             src[5] = mid + 1
     second = (rng.standard_normal((cout, k2, 1, 1)).astype(np.float32), rng.standard_normal(cout).astype(np.float32),
               np.stack([src, dy, dx], axis=1).astype(np.int32))
+    return first, second
+
+
+def _polyphase_case(shape, seed=3):
+    n, c, _, _, h, w, s1, (sh, sw), _, _, residual = shape
+    rng = np.random.default_rng(seed)
+    first, second = _polyphase_tables(shape, rng)
     first_attrs = {"strides": [s1, s1], "clip_min": 0.25}
     attrs = {"strides": [sh, sw], "clip_min": -0.5, "clip_max": 2.0}
     return _models_and_feeds(rng, (n, c, h, w), first, second, first_attrs, attrs, residual)
@@ -186,6 +200,66 @@ def _polyphase_case(shape, seed=3):
 @pytest.mark.parametrize("shape", POLYPHASE_CASES)
 def test_strided_pair_is_the_two_convs_bit_for_bit(shape):
     _assert_bit_for_bit(*_polyphase_case(shape))
+
+
+def _phase_blocks(shape):
+    """What the library's plan for this case holds: its phase image's channel blocks, 0 for none."""
+    _, _, mid, _, _, _, s1, (sh, sw), _, _, _ = shape
+    (_, _, a1), (_, _, a2) = _polyphase_tables(shape, np.random.default_rng(3))
+    blocks = ctypes.CDLL(str(LIB)).onnxopt_polyphase_blocks
+    blocks.restype = ctypes.c_int64
+    blocks.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] + [ctypes.c_int64] * 3
+    a1, a2 = np.ascontiguousarray(a1), np.ascontiguousarray(a2)
+    return blocks(a1.ctypes.data, len(a1), mid, s1, s1, a2.ctypes.data, len(a2), sh, sw)
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", POLYPHASE_CASES)
+def test_strided_pair_plan_holds_each_class_read(shape):
+    """Per class (dy mod sh, dx mod sw) the distinct first-conv channels read there, in whole blocks
+    of 16; no plan where a padding channel is read or the classes do not halve the first's work."""
+    _, _, mid, _, _, _, _, (sh, sw), _, table, _ = shape
+    (_, _, _), (_, _, a2) = _polyphase_tables(shape, np.random.default_rng(3))
+    classes = {}
+    for src, dy, dx in a2.tolist():
+        classes.setdefault((dy % sh, dx % sw), set()).add(src)
+    want = sum(-(-len(v) // 16) for v in classes.values())
+    if table == "padding" or 2 * want > -(-mid // 16) * sh * sw:
+        want = 0
+    assert _phase_blocks(shape) == want
+    if shape == POLYPHASE_CASES[0]:  # ShiftNet's 96 channels: 11 + 2 x 21 + 43 (+1) in 1 + 2 + 2 + 3 blocks
+        assert want == 8
+
+
+@needs_lib
+def test_strided_pair_plan_with_huge_strides():
+    """Strides far past the image: at most nine classes are kept, never one per residue."""
+    shape = (1, 16, 40, 16, 4, 4, 1, (100000, 100000), 0, "random", False)
+    assert 0 < _phase_blocks(shape) <= 9
+    _assert_bit_for_bit(*_polyphase_case(shape))
+
+
+@needs_lib
+def test_strided_pair_with_symbolic_sizes():
+    """One session, sizes that fit the plan and sizes that do not (rows), in turn, and concurrently."""
+    shape = POLYPHASE_CASES[1]
+    (pair, chain), _ = _polyphase_case(shape)
+    for model in (pair, chain):
+        for value_info, dims in zip(model.graph.input, (("N", 20, "H", "W"), ("N", 24, "Ho", "Wo"))):
+            value_info.CopyFrom(helper.make_tensor_value_info(value_info.name, TensorProto.FLOAT, list(dims)))
+    sessions = [session(fit_ir_version(m), threads=2) for m in (pair, chain)]
+    rng = np.random.default_rng(5)
+    feeds = []
+    for n, h, w in ((2, 8, 12), (1, 9, 13), (3, 16, 4), (1, 7, 7), (2, 8, 12)):
+        feeds.append({"X": rng.standard_normal((n, 20, h, w)).astype(np.float32),
+                      "R": rng.standard_normal((n, 24, -(-h // 2), -(-w // 2))).astype(np.float32)})
+    want = [sessions[1].run(None, f)[0] for f in feeds]
+    for f, expected in zip(feeds, want):
+        np.testing.assert_array_equal(sessions[0].run(None, f)[0], expected)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda f: sessions[0].run(None, f)[0], feeds * 4))
+    for g, expected in zip(got, want * 4):
+        np.testing.assert_array_equal(g, expected)
 
 
 @needs_lib

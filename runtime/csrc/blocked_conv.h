@@ -120,10 +120,11 @@ class PolyphaseCache;
 // first's output lives in a ring of three rows per thread, each row computed once; where reading
 // both convs' weights once per output row costs more (large weights, short rows: see
 // whole_first_conv() in blocked_conv.cc) it is computed over the whole image into per-thread
-// scratch first; where second is strided, only at the positions second reads (a PolyphasePlan,
-// blocked_polyphase.h, kept in `polyphase`: callers pass one only for constant stages; without
-// one the pair takes the other paths, as making the plan per call costs more than it saves on
-// small maps).  Bit-identical to the two convs one after the other each way.
+// scratch first; where second is strided, only at the positions second reads, where a plan
+// applies and the input's size fits it (a PolyphasePlan, blocked_polyphase.h, kept in
+// `polyphase`: callers pass one only for constant stages; without one the pair takes the other
+// paths, as making the plan per call costs more than it saves on small maps).  Bit-identical to
+// the two convs one after the other each way.
 void blocked_address_conv_pair(const BlockedInput& in, const float* x, const BlockedStage& first,
                                const BlockedStage& second, const float* residual, float* y, const GemmIsa& isa,
                                const ParallelFor& parallel_for, PolyphaseCache* polyphase = nullptr);

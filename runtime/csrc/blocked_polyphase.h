@@ -8,11 +8,12 @@
 // stride-2 pair with no shifts at all reads one class).
 //
 // The plan computes, per class (py, px), the first conv's output channels that are read in that
-// class as one blocked AddressConv of stride (first's * second's), (py, px) (times the first's
-// stride) added to every displacement, into that class's own channel blocks of a "phase image" of
-// h2 x w2 positions, the pair's output size; the second conv then runs unstrided on the phase
-// image, input channel k displaced by ((dy - py) / sh, (dx - px) / sw), each in {-1, 0}.  Every
-// output sums the same products in the same order as the pair: the result is bit-identical.
+// class as one blocked AddressConv with the first's own table and stride (first's * second's),
+// started at X's cell (first's stride * (py, px)), into that class's own channel blocks of a
+// "phase image" of h2 x w2 positions, the pair's output size; the second conv then runs unstrided
+// on the phase image, input channel k displaced by ((dy - py) / sh, (dx - px) / sw): in {-1, 0}
+// along a strided axis, dy (or dx) itself along an unstrided one.  Every output sums the same
+// products in the same order as the pair: the result is bit-identical.
 // Measured (one thread, C++ loop): 32 -> 96 -> 64 @32 59 -> 36 us, 64 -> 192 -> 128 @16 59 -> 32,
 // @56 723 -> 405, 128 -> 384 -> 256 @28 702 -> 373 (see runtime/README.md).
 #pragma once
@@ -29,13 +30,14 @@ namespace onnxopt {
 class PolyphasePlan {
  public:
   // Null unless the pair can run this way at no more than half the first conv's work: the second
-  // conv strided, every class's displacements within the border, and every channel the second
-  // reads a real output channel of the first.
+  // conv strided and every channel it reads a real output channel of the first.
   static std::shared_ptr<const PolyphasePlan> make(const BlockedStage& first, const BlockedStage& second);
 
   // Whether an input of this size runs this way: the first conv's output rows and columns divide
   // by the second's strides, so that every class has the output's h2 x w2 positions.
   bool fits(const BlockedInput& in) const;
+  // Channel blocks of the phase image: the classes' blocks, together.
+  std::int64_t phase_blocks() const { return blocks_; }
   // Floats of one image's phase image.
   std::size_t phase_floats(const BlockedInput& in) const;
   // One image of the pair (in.batch == 1); `phase` holds phase_floats(in) floats of scratch.
@@ -45,10 +47,11 @@ class PolyphasePlan {
 
  private:
   struct Class {
-    BlockedWeights weights;       // the first conv's rows of the channels read in this class
-    AlignedVector<float> bias;    // theirs, padded to whole blocks
-    std::vector<std::int32_t> address;  // the first's table, displaced by the class's offset
-    std::int64_t channels = 0, first_block = 0;
+    BlockedWeights weights;     // the first conv's rows of the channels read in this class
+    AlignedVector<float> bias;  // theirs, padded to whole blocks
+    std::int64_t channels = 0;
+    std::int64_t phase_block = 0;             // its first channel block in the phase image
+    std::int64_t row_offset = 0, col_offset = 0;  // X's cell its first output position reads at (0, 0)
     BlockedPlanCache plans;
   };
   std::int64_t first_sh_ = 1, first_sw_ = 1, sh_ = 1, sw_ = 1, blocks_ = 0;

@@ -1,11 +1,13 @@
 // The library's entry points: RegisterCustomOps (called by
 // SessionOptions.register_custom_ops_library) and onnxopt_ops_info (for tests and diagnostics).
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "address_conv_op.h"
 #include "blocked_ops.h"
+#include "blocked_polyphase.h"
 #include "gemm.h"
 #include "op_names.h"
 #include "perforated_conv_op.h"
@@ -119,4 +121,20 @@ ONNXOPT_EXPORT const char* onnxopt_ops_info() {
                                   onnxopt::kBlockedGlobalAveragePool + "," + onnxopt::kBlockedEntryConv +
                                   ";gemm=" + onnxopt::gemm_isa().name + ";cuda=" + kCudaInfo;
   return info.c_str();
+}
+
+// For tests: the phase image's channel blocks of the plan a strided pair would make from these
+// tables (first: [k1, 3] producing `mid` channels at strides first_s; second: [k2, 3] at
+// strides s), or 0 where no plan applies and the pair runs by rows or whole.
+ONNXOPT_EXPORT std::int64_t onnxopt_polyphase_blocks(const std::int32_t* first_address, std::int64_t k1,
+                                                     std::int64_t mid, std::int64_t first_sh, std::int64_t first_sw,
+                                                     const std::int32_t* second_address, std::int64_t k2,
+                                                     std::int64_t sh, std::int64_t sw) {
+  const std::vector<float> w(static_cast<std::size_t>(mid * k1), 0.0f);
+  const onnxopt::BlockedWeights weights(w.data(), mid, k1);
+  const std::vector<float> bias(static_cast<std::size_t>(onnxopt::blocks_of(mid) * onnxopt::kBlock), 0.0f);
+  const onnxopt::BlockedStage first{&weights, bias.data(), first_address, mid, k1, first_sh, first_sw, 0.0f, 0.0f};
+  const onnxopt::BlockedStage second{&weights, bias.data(), second_address, 0, k2, sh, sw, 0.0f, 0.0f};
+  const auto plan = onnxopt::PolyphasePlan::make(first, second);
+  return plan ? plan->phase_blocks() : 0;
 }
