@@ -13,11 +13,12 @@
 namespace onnxopt {
 namespace {
 
-// R positions x F blocks of 16 output channels in 24 or fewer accumulators.  Per input channel:
+// R positions x F blocks of 16 output channels in 24 or fewer accumulators; PS the floats between
+// consecutive positions' reads when known at compile time (0: t.pos_stride).  Per input channel:
 // F weight vectors, R broadcasts of the displaced input (one load each from that channel's own
 // read pointer, the border makes every read valid), R * F FMAs.  Fully unrolled so that gcc keeps the accumulators in registers (with
 // plain loops it spilled them to the stack at the start of every tile: 5-10 % slower).
-template <int R, int F>
+template <int R, int F, int PS>
 void tile(const BlockedTile& t) {
   __m512 acc[R][F];
   if (t.bias) {
@@ -36,10 +37,16 @@ void tile(const BlockedTile& t) {
   }
   const float* w = t.w;
   const std::int64_t ws = t.w_stride;
-  const std::int64_t ps = t.pos_stride, first = t.first;
+  // A constant stride makes the R reads' offsets immediates.  With t.pos_stride, gcc keeps R
+  // offsets in general registers, runs out at R = 12 and moves them through vector registers
+  // (vmovq) and the stack inside the k loop, where the vmovq compete with the FMAs for port 0.
+  const std::int64_t ps = PS ? PS : t.pos_stride, first = t.first;
 #pragma GCC unroll 2
   for (int k = 0; k < t.k; ++k) {
     const float* p = t.src[k] + first;
+    // p opaque from here: otherwise gcc folds `first` into R index registers, one per position
+    // (spilling at R = 12), instead of one add and R immediate offsets.
+    if (PS) asm("" : "+r"(p));
     __m512 wv[F];
 #pragma GCC unroll 4
     for (int f = 0; f < F; ++f) wv[f] = _mm512_loadu_ps(w + f * ws + 16 * k);
@@ -91,20 +98,32 @@ void tile(const BlockedTile& t) {
   }
 }
 
-const BlockedTileFn kTiles[kBlockedMaxF][12] = {
-    {&tile<1, 1>, &tile<2, 1>, &tile<3, 1>, &tile<4, 1>, &tile<5, 1>, &tile<6, 1>, &tile<7, 1>, &tile<8, 1>,
-     &tile<9, 1>, &tile<10, 1>, &tile<11, 1>, &tile<12, 1>},
-    {&tile<1, 2>, &tile<2, 2>, &tile<3, 2>, &tile<4, 2>, &tile<5, 2>, &tile<6, 2>, &tile<7, 2>, &tile<8, 2>,
-     &tile<9, 2>, &tile<10, 2>, &tile<11, 2>, &tile<12, 2>},
-    {&tile<1, 3>, &tile<2, 3>, &tile<3, 3>, &tile<4, 3>, &tile<5, 3>, &tile<6, 3>, &tile<7, 3>, &tile<8, 3>,
-     nullptr, nullptr, nullptr, nullptr},
-    {&tile<1, 4>, &tile<2, 4>, &tile<3, 4>, &tile<4, 4>, &tile<5, 4>, &tile<6, 4>, nullptr, nullptr, nullptr,
-     nullptr, nullptr, nullptr},
-};
+// Every tile of one position stride.
+#define ONNXOPT_TILES(PS)                                                                                        \
+  {                                                                                                              \
+    {&tile<1, 1, PS>, &tile<2, 1, PS>, &tile<3, 1, PS>, &tile<4, 1, PS>, &tile<5, 1, PS>, &tile<6, 1, PS>,       \
+     &tile<7, 1, PS>, &tile<8, 1, PS>, &tile<9, 1, PS>, &tile<10, 1, PS>, &tile<11, 1, PS>, &tile<12, 1, PS>},   \
+        {&tile<1, 2, PS>, &tile<2, 2, PS>, &tile<3, 2, PS>, &tile<4, 2, PS>, &tile<5, 2, PS>, &tile<6, 2, PS>,   \
+         &tile<7, 2, PS>, &tile<8, 2, PS>, &tile<9, 2, PS>, &tile<10, 2, PS>, &tile<11, 2, PS>,                  \
+         &tile<12, 2, PS>},                                                                                      \
+        {&tile<1, 3, PS>, &tile<2, 3, PS>, &tile<3, 3, PS>, &tile<4, 3, PS>, &tile<5, 3, PS>, &tile<6, 3, PS>,   \
+         &tile<7, 3, PS>, &tile<8, 3, PS>, nullptr, nullptr, nullptr, nullptr},                                  \
+        {&tile<1, 4, PS>, &tile<2, 4, PS>, &tile<3, 4, PS>, &tile<4, 4, PS>, &tile<5, 4, PS>, &tile<6, 4, PS>,   \
+         nullptr, nullptr, nullptr, nullptr, nullptr, nullptr},                                                  \
+  }
+
+// By position stride: any (read from the tile), 16 (a blocked input at stride 1), 32 (stride 2),
+// 1 (an entry conv's NCHW planes at stride 1).
+const BlockedTileFn kTiles[4][kBlockedMaxF][12] = {ONNXOPT_TILES(0), ONNXOPT_TILES(16), ONNXOPT_TILES(32),
+                                                   ONNXOPT_TILES(1)};
+#undef ONNXOPT_TILES
 
 }  // namespace
 
-BlockedTileFn blocked_tile_avx512(int r, int f) { return kTiles[f - 1][r - 1]; }
+BlockedTileFn blocked_tile_avx512(int r, int f, std::int64_t pos_stride) {
+  const int variant = pos_stride == 16 ? 1 : pos_stride == 32 ? 2 : pos_stride == 1 ? 3 : 0;
+  return kTiles[variant][f - 1][r - 1];
+}
 
 // r[i] (i < 16) := the 16 x 16 transpose of r (lane j of r[i] becomes lane i of r[j]).
 inline void transpose16(__m512 r[16]) {

@@ -268,7 +268,7 @@ class StageRows {
           t.out = out.out + at;
           t.residual = last && out.residual ? out.residual + at : nullptr;
           if (avx512_)
-            blocked_tile_avx512(run.count, g.count)(t);
+            blocked_tile_avx512(run.count, g.count, t.pos_stride)(t);
           else
             portable_tile(t, run.count, g.count);
         }

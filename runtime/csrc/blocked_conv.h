@@ -158,8 +158,9 @@ using BlockedTileFn = void (*)(const BlockedTile& t);
 constexpr int kBlockedMaxF = 4;
 // The most positions per tile for F blocks (24 accumulators, at most 12 positions).
 constexpr int blocked_max_r(int f) { return f == 1 || f == 2 ? 12 : 24 / f; }
-// Valid only where the CPU has AVX-512F; 1 <= f <= 4, 1 <= r <= blocked_max_r(f).
-BlockedTileFn blocked_tile_avx512(int r, int f);
+// Valid only where the CPU has AVX-512F; 1 <= f <= 4, 1 <= r <= blocked_max_r(f); for tiles of
+// that pos_stride (compiled with it as a constant where it is 1, 16 or 32).
+BlockedTileFn blocked_tile_avx512(int r, int f, std::int64_t pos_stride);
 void to_blocked_row_avx512(const float* x, std::int64_t plane, std::int64_t channels, std::int64_t width, float* y);
 void from_blocked_row_avx512(const float* x, std::int64_t plane, std::int64_t channels, std::int64_t width,
                              float* y);
