@@ -136,10 +136,10 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
   };
 
   const std::int64_t plane = s.height * s.width;
-  // Stride 1 and whole 16-position vectors: the tiles gather B themselves (GatherTileFn) from the
+  // Stride 1 and whole 16-position vectors: each panel of B is gathered (GatherPackFn) from the
   // displaced planes of X, with a bitmap per distinct displacement of the positions whose read lies
-  // inside the image; nothing is packed (ShiftNet: 9 bitmaps of H*W bits).
-  const bool gathered = !direct && isa.gather_tile && !by_channels && !channel_tail && s.stride_h == 1 &&
+  // inside the image (ShiftNet: 9 bitmaps of H*W bits), just before the row blocks run over it.
+  const bool gathered = !direct && isa.gather_pack && !by_channels && !channel_tail && s.stride_h == 1 &&
                         s.stride_w == 1 && positions % 16 == 0;
   const std::int64_t words = positions / 16;
   std::vector<std::uint16_t> bitmaps;
@@ -214,17 +214,22 @@ void address_conv(const AddressConvShape& s, const float* x, const PackedWeights
     const std::int64_t base = (n * s.out_channels) * positions + p0;
     float* out = y + base;
     if (gather) {
-      // Panel-outer: a panel's gathered rows stay in L1 while every row block runs over them
-      // (measured: ~5 % faster than row-block-outer on 56x56 and 28x28 maps).
+      // Panel-outer: a panel is gathered once, into a per-thread buffer that stays in L1 while
+      // every row block runs over it.  (Tiles that gathered B themselves, a masked load per k in
+      // every row block, ran 1.05-1.12x onnxruntime's 1x1 conv at 128-256 channels @28, this
+      // 0.92-0.98x; one thread, bench_address_conv shapes.)
+      thread_local AlignedVector<float> panel;
+      panel.resize(static_cast<std::size_t>(k * nr));
       for (std::int64_t q = 0; q * nr < nc; ++q) {
+        const int cols_here = static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr));
+        isa.gather_pack(static_cast<int>(k), gather->rows.data(), gather->masks.data(), p0 + q * nr, cols_here,
+                        static_cast<int>(nr), panel.data());
         for (std::int64_t m = m_begin; m < m_end; m += weights.block_rows(m)) {
           const std::int64_t row = g * m_per_group + m;
-          const int mr = static_cast<int>(weights.block_rows(m));
           const Epilogue ep = tile_epilogue(base + row * positions + q * nr);
-          isa.gather_tile(static_cast<int>(k), weights.block(row), mr, gather->rows.data(), gather->masks.data(),
-                          p0 + q * nr, static_cast<int>(std::min<std::int64_t>(nr, nc - q * nr)),
-                          bias ? bias + row : nullptr, out + row * positions + q * nr, positions,
-                          fused ? &ep : nullptr);
+          isa.tile_ep(static_cast<int>(k), weights.block(row), static_cast<int>(weights.block_rows(m)), panel.data(),
+                      nr, cols_here, bias ? bias + row : nullptr, out + row * positions + q * nr, positions,
+                      fused ? &ep : nullptr);
         }
       }
       return;

@@ -69,14 +69,13 @@ struct PackJob {
 
 using PackFn = void (*)(const PackJob& job);
 
-// A tile that gathers B itself instead of reading a packed panel (AddressConv with stride 1: each
-// B row is a displaced plane of X, zero outside the image).  For output positions [p, p + nc) (p
-// and nc multiples of 16):  B[k][j] = bit (p + j) of masks[k] ? rows[k][p + j] : 0, where masks[k]
-// is a bitmap over the positions (16 per uint16) and rows[k] the displaced plane (only lanes whose
-// bit is set are read).  Otherwise as TileEpFn.
-using GatherTileFn = void (*)(int K, const float* a, int mr, const float* const* rows,
-                              const std::uint16_t* const* masks, std::int64_t p, int nc, const float* bias,
-                              float* c, std::ptrdiff_t ldc, const Epilogue* ep);
+// Packs one panel of B for AddressConv with stride 1, where each B row is a displaced plane of X,
+// zero outside the image: for output positions [p, p + nc) (p and nc multiples of 16, nc <= nr),
+// dst[k * nr + j] = bit (p + j) of masks[k] ? rows[k][p + j] : 0, where masks[k] is a bitmap
+// over the positions (16 per uint16) and rows[k] the displaced plane (only lanes whose bit is set
+// are read).  Columns past nc are not written; dst is 64-byte aligned.
+using GatherPackFn = void (*)(int K, const float* const* rows, const std::uint16_t* const* masks, std::int64_t p,
+                              int nc, int nr, float* dst);
 
 struct GemmIsa {
   const char* name;
@@ -86,7 +85,7 @@ struct GemmIsa {
   PackFn pack;
   TileEpFn tile_ep;  // tile with an epilogue (ep may be null) and a row stride of b
   bool direct_b;     // tile_ep takes any ldb and reads nothing past column nc
-  GatherTileFn gather_tile;  // or nullptr
+  GatherPackFn gather_pack;  // or nullptr
 };
 
 // The best micro-kernel this CPU runs (AVX-512F, AVX2+FMA, or portable C++), chosen once.

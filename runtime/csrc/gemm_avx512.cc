@@ -187,86 +187,35 @@ void tile_dispatch(int K, const float* a, int mr, const float* b, int nc, const 
   tile_ep(K, a, mr, b, kNR, nc, bias, c, ldc, nullptr);
 }
 
-// B rows of the gathering tile are prefetched this many k ahead (measured, one thread: -7 % at
-// 192->64 56x56, -3 % at 384->128 28x28, neutral at 32x32; 8 and 16 no better).
+// B rows of a gathered panel are prefetched this many k ahead (they lie a plane apart: no
+// hardware prefetcher follows them).
 constexpr int kAhead = 4;
 
 // A bitmap word straight from memory into a mask register: one load.  (Through a general
-// register, gcc's kmovw costs a port-5 uop per B vector, a slot of the 512-bit FMAs: 3-6 % of
-// the gathering tile at 96 -> 96 @32 and 128 -> 128 @28.)
+// register, gcc's kmovw costs a port-5 uop, a slot of the 512-bit FMAs.)
 inline __mmask16 load_mask(const std::uint16_t* m) {
   __mmask16 k;
   asm("kmovw %1, %0" : "=k"(k) : "m"(*m));
   return k;
 }
 
-// Gathering tile (see GatherTileFn): the B vectors are masked loads from the displaced planes.
-template <int MR, int NV>
-void gtile(int K, const float* a, const float* const* rows, const std::uint16_t* const* masks, std::int64_t p,
-           const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-    const __m512 init = bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[r][v] = init;
-  }
+// GatherPackFn: one masked load and one aligned store per 16 positions.  (The tiles gathered B
+// themselves before, a masked load per k in every row block: zero-masking loads cost ~10 % of a
+// tile here, and each panel's were repeated for every block of 12 output channels.)
+void gather_pack(int K, const float* const* rows, const std::uint16_t* const* masks, std::int64_t p, int nc, int nr,
+                 float* dst) {
   const std::int64_t word = p / 16;
-#pragma GCC unroll 2
+  const int nv = nc / 16;
   for (int k = 0; k < K; ++k) {
+    if (k + kAhead < K) {
+      const char* ahead = reinterpret_cast<const char*>(rows[k + kAhead] + p);
+      for (int line = 0; line <= nv; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);  // 16 nv floats, any alignment
+    }
     const float* row = rows[k] + p;
     const std::uint16_t* m = masks[k] + word;
-    if (k + kAhead < K) {  // B rows lie a plane apart: no hardware prefetcher follows them
-      const char* ahead = reinterpret_cast<const char*>(rows[k + kAhead] + p);
-      _mm_prefetch(ahead, _MM_HINT_T0);
-      _mm_prefetch(ahead + 64 * NV, _MM_HINT_T0);
-    }
-    __m512 bv[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(load_mask(m + v), row + 16 * v);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const __m512 ar = _mm512_set1_ps(a[r]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
-    }
-    a += MR;
+    float* out = dst + static_cast<std::int64_t>(k) * nr;
+    for (int v = 0; v < nv; ++v) _mm512_store_ps(out + 16 * v, _mm512_maskz_loadu_ps(load_mask(m + v), row + 16 * v));
   }
-  if (ep) {
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v)
-        acc[r][v] = finish(acc[r][v], ep, ep->residual ? ep->residual + r * ep->ldr + 16 * v : nullptr,
-                           static_cast<__mmask16>(0xFFFF));
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
-  }
-}
-
-using GFn = void (*)(int, const float*, const float* const*, const std::uint16_t* const*, std::int64_t, const float*,
-                     float*, std::ptrdiff_t, const Epilogue*);
-const GFn kGTable[kMR][2] = {
-    {&gtile<1, 1>, &gtile<1, 2>},
-    {&gtile<2, 1>, &gtile<2, 2>},
-    {&gtile<3, 1>, &gtile<3, 2>},
-    {&gtile<4, 1>, &gtile<4, 2>},
-    {&gtile<5, 1>, &gtile<5, 2>},
-    {&gtile<6, 1>, &gtile<6, 2>},
-    {&gtile<7, 1>, &gtile<7, 2>},
-    {&gtile<8, 1>, &gtile<8, 2>},
-    {&gtile<9, 1>, &gtile<9, 2>},
-    {&gtile<10, 1>, &gtile<10, 2>},
-    {&gtile<11, 1>, &gtile<11, 2>},
-    {&gtile<12, 1>, &gtile<12, 2>}};
-
-void gather_dispatch(int K, const float* a, int mr, const float* const* rows, const std::uint16_t* const* masks,
-                     std::int64_t p, int nc, const float* bias, float* c, std::ptrdiff_t ldc, const Epilogue* ep) {
-  kGTable[mr - 1][nc / 16 - 1](K, a, rows, masks, p, bias, c, ldc, ep);
 }
 
 __mmask16 bits(int from, int to) {  // lanes [from, to) of 16, clamped
@@ -491,7 +440,7 @@ void ctile_dispatch(int K, const float* w, int nch, const float* b, std::ptrdiff
 }  // namespace
 
 const GemmIsa& gemm_isa_avx512() {
-  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep, true, &gather_dispatch};
+  static const GemmIsa isa{"avx512f", kMR, kNR, &tile_dispatch, &pack, &tile_ep, true, &gather_pack};
   return isa;
 }
 
